@@ -1,0 +1,30 @@
+"""ERA core: output activations that keep a model's sampling entropy above a floor by construction.
+
+- ``era_core.functional``: the activations as pure functions.
+- ``era_core.nn``: thin ``nn.Module`` wrappers.
+- ``era_core.entropy``: entropies, chunked log-prob/entropy passes, bounded-action helpers, ``DeltaTuner``.
+"""
+
+from era_core import entropy, functional, nn, validation
+from era_core.entropy import DeltaTuner, TruncatedNormal
+from era_core.functional import gaussian_era, response_entropy, softmax_era, token_era, token_era_scale
+from era_core.nn import GaussianERA, SoftmaxERA
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeltaTuner",
+    "GaussianERA",
+    "SoftmaxERA",
+    "TruncatedNormal",
+    "__version__",
+    "entropy",
+    "functional",
+    "gaussian_era",
+    "nn",
+    "response_entropy",
+    "softmax_era",
+    "token_era",
+    "token_era_scale",
+    "validation",
+]

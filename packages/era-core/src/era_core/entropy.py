@@ -1,0 +1,398 @@
+"""Entropies, memory-lean log-prob/entropy passes for large vocabularies, and bounded-action helpers."""
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, constraints
+from torch.distributions.utils import broadcast_all
+
+from era_core.validation import check_positive, check_range
+
+__all__ = [
+    "DeltaTuner",
+    "TruncatedNormal",
+    "categorical_entropy",
+    "gaussian_entropy",
+    "linear_logprobs_and_entropy",
+    "logprobs_and_entropy",
+    "tanh_gaussian_entropy",
+    "topk_logprobs",
+]
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_GAUSSIAN_UNIT_ENTROPY = 0.5 + _LOG_SQRT_2PI
+# Auto chunk size: about 256 MiB of float32 logits per chunk.
+_CHUNK_ELEMENTS = 1 << 26
+
+
+def gaussian_entropy(log_std: Tensor) -> Tensor:
+    """Entropy of a diagonal Gaussian, ``sum_i (log sigma_i + log sqrt(2*pi*e))``.
+
+    Shape: ``(*batch, D) -> (*batch,)``.
+    """
+    return (log_std + _GAUSSIAN_UNIT_ENTROPY).sum(-1)
+
+
+def tanh_gaussian_entropy(
+    mean: Tensor, log_std: Tensor, num_samples: int = 1, generator: torch.Generator | None = None
+) -> Tensor:
+    """Monte-Carlo estimate of the entropy of ``tanh(u)``, ``u ~ N(mean, diag(exp(log_std))^2)``.
+
+    ``H[tanh(u)] = H[u] + E[sum_i log(1 - tanh(u_i)^2)]``; the expectation is estimated with
+    reparametrised samples, so the estimate is differentiable.
+
+    Shape: ``(*batch, D) -> (*batch,)``.
+    """
+    check_range("num_samples", num_samples, 1)
+    mean, log_std = torch.broadcast_tensors(mean, log_std)
+    noise = torch.randn(
+        (num_samples, *mean.shape), dtype=mean.dtype, device=mean.device, generator=generator
+    )
+    u = mean + log_std.exp() * noise
+    # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), stable for large |u|.
+    log_det = 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))
+    return gaussian_entropy(log_std) + log_det.sum(-1).mean(0)
+
+
+class TruncatedNormal(Distribution):
+    """Normal ``N(loc, scale^2)`` truncated to ``[low, high]``, with ``rsample``.
+
+    The authors' SAC-ERA samples actions from this distribution around ``tanh(mu)`` on
+    ``[-1, 1]``; unlike a tanh-squashed Gaussian its entropy has a closed form.
+    Intervals in the upper tail are sampled through the mirrored lower tail, where the
+    normal CDF keeps its precision.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}  # noqa: RUF012
+    has_rsample = True
+
+    def __init__(
+        self,
+        loc: Tensor | float,
+        scale: Tensor | float,
+        low: float = -1.0,
+        high: float = 1.0,
+        validate_args: bool | None = None,
+    ) -> None:
+        check_range("low", low, None, high, high_inclusive=False, why=f"must be below high={high:g}")
+        self.loc, self.scale = broadcast_all(loc, scale)
+        self.low, self.high = low, high
+        alpha, beta = (low - self.loc) / self.scale, (high - self.loc) / self.scale
+        self._alpha, self._beta = alpha, beta
+        self._flip = alpha > 0
+        self._lo = torch.where(self._flip, -beta, alpha)
+        self._hi = torch.where(self._flip, -alpha, beta)
+        self._cdf_lo = torch.special.ndtr(self._lo)
+        self._mass = torch.special.ndtr(self._hi) - self._cdf_lo
+        self._log_mass = torch.log(self._mass)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self) -> constraints.Constraint:  # type: ignore[override]
+        """The interval ``[low, high]``."""
+        return constraints.interval(self.low, self.high)
+
+    @property
+    def mean(self) -> Tensor:
+        """``loc + scale * (phi(alpha) - phi(beta)) / Z``."""
+        return self.loc + self.scale * (_std_normal_pdf(self._alpha) - _std_normal_pdf(self._beta)) / self._mass
+
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+        """Reparametrised sample by the inverse CDF."""
+        shape = self._extended_shape(torch.Size(sample_shape))
+        u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
+        # Keep the quantile strictly inside (0, 1): ndtri(0) = -inf.
+        tiny = torch.finfo(self.loc.dtype).tiny
+        standard = torch.special.ndtri((self._cdf_lo + u * self._mass).clamp(min=tiny, max=1 - 1e-7))
+        standard = torch.where(self._flip, -standard, standard)
+        return (self.loc + self.scale * standard).clamp(self.low, self.high)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Log-density; ``-inf`` outside ``[low, high]``."""
+        if self._validate_args:
+            self._validate_sample(value)
+        z = (value - self.loc) / self.scale
+        log_p = -0.5 * z**2 - _LOG_SQRT_2PI - torch.log(self.scale) - self._log_mass
+        inside = (value >= self.low) & (value <= self.high)
+        return torch.where(inside, log_p, -math.inf)
+
+    def entropy(self) -> Tensor:
+        """Closed form: ``log(sqrt(2*pi*e) * scale * Z) + (alpha*phi(alpha) - beta*phi(beta)) / (2Z)``."""
+        tail = self._alpha * _std_normal_pdf(self._alpha) - self._beta * _std_normal_pdf(self._beta)
+        return _GAUSSIAN_UNIT_ENTROPY + torch.log(self.scale) + self._log_mass + tail / (2 * self._mass)
+
+
+def _std_normal_pdf(x: Tensor) -> Tensor:
+    return torch.exp(-0.5 * x**2 - _LOG_SQRT_2PI)
+
+
+class DeltaTuner(nn.Module):
+    """The bounding-bias compensation ``delta >= 0`` of method.md §1.
+
+    ERA targets ``H0 + delta`` so that the executed (squashed or truncated) policy reaches
+    ``H0``. With ``learnable=True``, ``delta = exp(log_delta)`` is learnt by minimising
+    ``loss(entropy) = delta * (H - H0)``: it grows while the real entropy is below ``H0``
+    and shrinks above it. With ``learnable=False`` it stays ``init_delta``.
+
+    Args:
+        target_entropy: ``H0``, the entropy the executed policy should keep.
+        init_delta: Starting (or constant) delta; ``> 0`` when learnable.
+        learnable: Learn delta (minimise ``loss`` with an optimiser over ``parameters()``).
+        batch_shape: One independent delta per ensemble member, e.g. ``(num_seeds,)``.
+    """
+
+    def __init__(
+        self,
+        target_entropy: float,
+        init_delta: float = 0.0,
+        learnable: bool = False,
+        batch_shape: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__()
+        if learnable:
+            check_positive("init_delta", init_delta)
+        else:
+            check_range("init_delta", init_delta, 0.0)
+        self.target_entropy = float(target_entropy)
+        self.learnable = learnable
+        value = torch.full(batch_shape, float(init_delta))
+        if learnable:
+            self.log_delta = nn.Parameter(value.log())
+        else:
+            self.register_buffer("constant_delta", value)
+
+    @property
+    def delta(self) -> Tensor:
+        """Current delta, shape ``batch_shape``; carries gradient when learnable."""
+        return self.log_delta.exp() if self.learnable else self.constant_delta
+
+    @property
+    def era_target(self) -> Tensor:
+        """``H0 + delta``, detached: the target to hand to the ERA activation."""
+        return (self.target_entropy + self.delta).detach()
+
+    def loss(self, entropy: Tensor) -> Tensor:
+        """``sum over members of delta * mean(H - H0)``; ``entropy`` is detached here.
+
+        Args:
+            entropy: Estimated policy entropy, shape ``(*batch_shape, *samples)``; sample
+                dimensions are averaged, members are summed (so a member's gradient does
+                not depend on the ensemble size).
+        """
+        gap = entropy.detach() - self.target_entropy
+        gap = gap.reshape(*self.delta.shape, -1).mean(-1)
+        return (self.delta * gap).sum()
+
+    def extra_repr(self) -> str:
+        return f"target_entropy={self.target_entropy:g}, learnable={self.learnable}"
+
+
+# --------------------------------------------------------------------------- categorical
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float32, or float64 for float64 inputs: low-precision inputs are upcast, never downcast."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _entropy_terms(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Float32 ``log p``, ``p`` and entropy of rows of logits; ``-inf`` logits are masked classes."""
+    log_p = torch.log_softmax(z.to(_compute_dtype(z)), dim=-1)
+    p = log_p.exp()
+    safe_log_p = log_p.masked_fill(torch.isneginf(log_p), 0.0)
+    return safe_log_p, p, -(p * safe_log_p).sum(-1)
+
+
+def categorical_entropy(logits: Tensor, dim: int = -1, chunk_size: int | None = None) -> Tensor:
+    """Entropy of ``softmax(logits)`` along ``dim``, computed in float32.
+
+    Classes with logit ``-inf`` count as probability 0. With ``chunk_size``, rows are
+    processed ``chunk_size`` at a time forward and backward, so at most one chunk of float32
+    probabilities exists (use it for large vocabularies).
+
+    Shape: ``(..., D, ...) -> (...)`` with ``dim`` removed; float32 (float64 stays float64).
+    """
+    z = logits.movedim(dim, -1)
+    if chunk_size is None:
+        return _entropy_terms(z)[2]
+    labels = torch.zeros(z.shape[:-1], dtype=torch.long, device=z.device)
+    return logprobs_and_entropy(z, labels, chunk_size)[1]
+
+
+def _auto_chunk(vocab: int, chunk_size: int | None) -> int:
+    if chunk_size is None:
+        return max(1, _CHUNK_ELEMENTS // vocab)
+    check_range("chunk_size", chunk_size, 1)
+    return int(chunk_size)
+
+
+def _logprob_entropy_grad(
+    log_p: Tensor, p: Tensor, entropy: Tensor, labels: Tensor, grad_logprob: Tensor, grad_entropy: Tensor
+) -> Tensor:
+    """Gradient w.r.t. logits of ``log p[label]`` and entropy, both from the same softmax.
+
+    ``d log p_y / dz = onehot(y) - p``; ``dH / dz_j = -p_j (log p_j + H)``.
+    """
+    g_lp, g_h = grad_logprob.unsqueeze(-1), grad_entropy.unsqueeze(-1)
+    grad = -p * (g_lp + g_h * (log_p + entropy.unsqueeze(-1)))
+    return grad.scatter_add(-1, labels.unsqueeze(-1), g_lp)
+
+
+class _ChunkedLogprobEntropy(torch.autograd.Function):
+    """Per-row log-prob of a label and entropy; backward recomputes the softmax chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, chunk: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        logprobs = torch.empty(labels.shape, dtype=_compute_dtype(logits), device=logits.device)
+        entropy = torch.empty_like(logprobs)
+        for start in range(0, labels.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            log_p, _, entropy[rows] = _entropy_terms(logits[rows])
+            logprobs[rows] = log_p.gather(-1, labels[rows].unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(logits, labels)
+        ctx.chunk = chunk
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprob: Tensor, grad_entropy: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        logits, labels = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for start in range(0, labels.shape[0], ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            log_p, p, entropy = _entropy_terms(logits[rows])
+            grad[rows] = _logprob_entropy_grad(
+                log_p, p, entropy, labels[rows], grad_logprob[rows], grad_entropy[rows]
+            )
+        return grad, None, None
+
+
+def logprobs_and_entropy(
+    logits: Tensor, labels: Tensor, chunk_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Log-probability of ``labels`` and entropy under ``softmax(logits)``, chunk by chunk.
+
+    Never holds more than one chunk of float32 ``[tokens, vocab]``: the backward pass
+    recomputes the softmax per chunk instead of saving it. Gradients flow to ``logits``
+    from both outputs.
+
+    Args:
+        logits: Shape ``(..., vocab)``, any float dtype.
+        labels: Shape ``(...)``, indices in ``[0, vocab)``.
+        chunk_size: Rows (tokens) per chunk; ``None`` picks about 256 MiB of float32 per chunk.
+
+    Returns:
+        ``(logprobs, entropy)``, float32 (float64 for float64 inputs), shape ``(...)``.
+    """
+    vocab = logits.shape[-1]
+    chunk = _auto_chunk(vocab, chunk_size)
+    flat_logits, flat_labels = logits.reshape(-1, vocab), labels.reshape(-1)
+    logprobs, entropy = _ChunkedLogprobEntropy.apply(flat_logits, flat_labels, chunk)
+    return logprobs.reshape(labels.shape), entropy.reshape(labels.shape)
+
+
+class _LinearLogprobEntropy(torch.autograd.Function):
+    """``logits = hidden @ weight.T`` built chunk by chunk; never stored, recomputed in backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, hidden: Tensor, weight: Tensor, labels: Tensor, scale: Tensor | None, chunk: int
+    ) -> tuple[Tensor, Tensor]:
+        logprobs = torch.empty(labels.shape, dtype=_compute_dtype(hidden), device=hidden.device)
+        entropy = torch.empty_like(logprobs)
+        for start in range(0, labels.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            logits = hidden[rows] @ weight.T
+            _, _, entropy[rows] = _entropy_terms(logits)
+            if scale is not None:
+                logits = logits.to(entropy.dtype) * scale[rows].unsqueeze(-1)
+            log_p = torch.log_softmax(logits.to(entropy.dtype), dim=-1)
+            logprobs[rows] = log_p.gather(-1, labels[rows].unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(hidden, weight, labels, scale)
+        ctx.chunk = chunk
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx, grad_logprob: Tensor, grad_entropy: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        hidden, weight, labels, scale = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        # Accumulate the weight gradient over chunks in float32, cast once at the end.
+        grad_weight = torch.zeros_like(weight, dtype=_compute_dtype(weight)) if ctx.needs_input_grad[1] else None
+        zeros = torch.zeros_like(grad_logprob)
+        for start in range(0, labels.shape[0], ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            logits = hidden[rows] @ weight.T
+            log_p, p, entropy = _entropy_terms(logits)
+            if scale is None:
+                grad = _logprob_entropy_grad(
+                    log_p, p, entropy, labels[rows], grad_logprob[rows], grad_entropy[rows]
+                )
+            else:
+                # Entropy of the original logits, log-prob of the scaled ones (dz'/dz = scale).
+                s = scale[rows].unsqueeze(-1)
+                grad = _logprob_entropy_grad(log_p, p, entropy, labels[rows], zeros[rows], grad_entropy[rows])
+                log_q, q, h_q = _entropy_terms(logits.to(s.dtype) * s)
+                grad += s * _logprob_entropy_grad(
+                    log_q, q, h_q, labels[rows], grad_logprob[rows], zeros[rows]
+                )
+            if grad_hidden is not None:
+                grad_hidden[rows] = grad.to(weight.dtype) @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(grad.T, hidden[rows].to(grad.dtype))
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def linear_logprobs_and_entropy(
+    hidden: Tensor,
+    lm_head_weight: Tensor,
+    labels: Tensor,
+    chunk_size: int | None = None,
+    logit_scale: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Log-probs and entropies from last hidden states without ever building full logits.
+
+    Per chunk of tokens: ``z = hidden @ lm_head_weight.T``; entropy of ``softmax(z)``;
+    log-prob of ``labels`` under ``softmax(logit_scale * z)`` (the ERA k-factor or an
+    inverse temperature; treated as a constant). Backward recomputes each chunk's logits and
+    gives exact gradients for ``hidden`` and ``lm_head_weight``.
+
+    Args:
+        hidden: Shape ``(..., d)``.
+        lm_head_weight: Shape ``(vocab, d)``, same dtype as ``hidden``.
+        labels: Shape ``(...)``.
+        chunk_size: Tokens per chunk; ``None`` picks about 256 MiB of float32 logits per chunk.
+        logit_scale: Optional per-token scale, shape ``(...)``; no gradient flows into it.
+
+    Returns:
+        ``(logprobs, entropy)``, float32 (float64 for float64 inputs), shape ``(...)``.
+    """
+    vocab, width = lm_head_weight.shape
+    if hidden.shape[-1] != width:
+        raise ValueError(f"hidden's last dim ({hidden.shape[-1]}) must equal lm_head_weight's ({width})")
+    chunk = _auto_chunk(vocab, chunk_size)
+    scale = None if logit_scale is None else logit_scale.detach().reshape(-1).to(_compute_dtype(hidden))
+    logprobs, entropy = _LinearLogprobEntropy.apply(
+        hidden.reshape(-1, width), lm_head_weight, labels.reshape(-1), scale, chunk
+    )
+    return logprobs.reshape(labels.shape), entropy.reshape(labels.shape)
+
+
+def topk_logprobs(logits: Tensor, labels: Tensor, k: int = 20) -> Tensor:
+    """Log-probability of ``labels`` renormalised over the ``k`` largest logits.
+
+    A label outside the top ``k`` joins the normalising set, so the result is always finite
+    and ``<= 0`` (the reference code's option for low-variance GRPO-ERA log-probs).
+
+    Shape: ``(..., vocab), (...) -> (...)``, float32.
+    """
+    check_range("k", k, 1, logits.shape[-1])
+    top_values, top_index = logits.topk(k, dim=-1)
+    label_logit = logits.gather(-1, labels.unsqueeze(-1)).to(_compute_dtype(logits))
+    outside = (top_index != labels.unsqueeze(-1)).all(-1, keepdim=True)
+    extra = label_logit.masked_fill(~outside, -math.inf)
+    normaliser = torch.logsumexp(torch.cat([top_values.to(extra.dtype), extra], dim=-1), dim=-1)
+    return label_logit.squeeze(-1) - normaliser

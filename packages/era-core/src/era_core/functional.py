@@ -1,0 +1,375 @@
+"""Entropy Regularizing Activations as pure functions.
+
+Each activation maps a network's raw output to the parameters of a distribution whose
+entropy is at least a floor, for every input, by construction (method.md §1-§3).
+"""
+
+import functools
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from era_core.validation import check_range
+
+__all__ = [
+    "gaussian_era",
+    "h_inverse",
+    "response_entropy",
+    "softmax_era",
+    "softmax_era_bounds",
+    "tight_constant",
+    "token_era",
+    "token_era_scale",
+]
+
+Calibration = Literal["paper", "tight"]
+
+# Entropy of a unit-variance 1-D Gaussian: log(sqrt(2*pi*e)).
+_GAUSSIAN_UNIT_ENTROPY = 0.5 * math.log(2 * math.pi * math.e)
+
+
+# --------------------------------------------------------------------------- Gaussian
+
+
+def gaussian_era(
+    raw_scale: Tensor,
+    target_entropy: float | Tensor,
+    log_std_min: float = -8.0,
+    log_std_max: float = 0.0,
+) -> Tensor:
+    """Map raw scale outputs to log-stds whose diagonal Gaussian has entropy >= target.
+
+    ``log_std = max(log_std_max + (H0 - D*log(sqrt(2*pi*e)) - D*log_std_max) * softmax(s), log_std_min)``.
+    Without the clip the Gaussian's entropy is exactly ``target_entropy``; the clip only raises it.
+    The network still chooses how the entropy budget is spread over dimensions.
+
+    Args:
+        raw_scale: Raw network output ``s``, shape ``(*batch, D)``.
+        target_entropy: Entropy floor ``H0'`` in nats, a float or a tensor broadcastable to
+            ``batch`` (e.g. one target per ensemble member). Gradients flow into a tensor target;
+            detach it if it must stay fixed.
+        log_std_min: Lower clip of each log-std.
+        log_std_max: Upper bound of each log-std; fixes the maximum reachable entropy.
+
+    Returns:
+        ``log_std`` with the shape of ``raw_scale``.
+
+    Raises:
+        ValueError: ``log_std_min >= log_std_max`` or the target exceeds the maximum entropy
+            ``D * (log_std_max + log(sqrt(2*pi*e)))``.
+    """
+    check_range(
+        "log_std_min", log_std_min, None, log_std_max, high_inclusive=False,
+        why=f"must be below log_std_max={log_std_max:g}",
+    )
+    dim = raw_scale.shape[-1]
+    max_entropy = dim * (log_std_max + _GAUSSIAN_UNIT_ENTROPY)
+    target = torch.as_tensor(target_entropy, dtype=raw_scale.dtype, device=raw_scale.device)
+    if not torch.compiler.is_compiling():
+        check_range(
+            "target_entropy", float(target.max()), None, max_entropy, high_inclusive=False,
+            why=f"the maximum entropy of a {dim}-dim Gaussian with log_std <= {log_std_max:g}",
+        )
+    budget = target - dim * (_GAUSSIAN_UNIT_ENTROPY + log_std_max)
+    log_std = log_std_max + budget.unsqueeze(-1) * torch.softmax(raw_scale, dim=-1)
+    return log_std.clamp(min=log_std_min)
+
+
+# --------------------------------------------------------------------------- softmax
+
+
+def _h_inverse_forward(c: Tensor) -> Tensor:
+    """Solve ``-x * exp(x) = c`` for ``x <= -1`` (``x = W_{-1}(-c)``), elementwise.
+
+    Newton's method on ``g(x) = x + log(-x) - log(c)`` (the equation in log space, well
+    scaled for tiny ``c``), started from the closed-form approximation the reference code
+    uses as its final answer. Four steps reach float64 round-off on ``c`` in ``(0, 0.35]``,
+    the only range ``softmax_era`` produces (``c <= log(tau)/tau < 1/e``).
+    """
+    log_c = torch.log(c)
+    u = (-1.0 - log_c).clamp(min=0.0)
+    x = -1.0 - torch.sqrt(2.0 * u) - 0.75 * u
+    for _ in range(4):
+        x = x - (x + torch.log(-x) - log_c) * x / (x + 1.0)
+    return x
+
+
+class _HInverse(torch.autograd.Function):
+    """``h^{-1}(c) = W_{-1}(-c)`` with the analytic derivative ``1 / h'(x)``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(c: Tensor) -> Tensor:  # type: ignore[override]
+        return _h_inverse_forward(c)
+
+    @staticmethod
+    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[Tensor], output: Tensor) -> None:  # type: ignore[override]
+        ctx.save_for_backward(inputs[0], output)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        c, x = ctx.saved_tensors  # type: ignore[attr-defined]
+        # h(x) = -x e^x, h'(x) = -(1 + x) e^x, and e^x = -c / x, so 1/h'(x) = x / (c (1 + x)):
+        # this form stays finite where e^x underflows.
+        return grad * x / (c * (1.0 + x))
+
+
+def h_inverse(c: Tensor) -> Tensor:
+    """Exact inverse of ``h(x) = -x e^x`` on ``x <= -1``, i.e. the Lambert ``W_{-1}(-c)``.
+
+    Args:
+        c: Values in ``(0, 1/e)``.
+
+    Returns:
+        ``x <= -1`` with ``-x * exp(x) == c``; differentiable with the analytic gradient.
+    """
+    return _HInverse.apply(c)  # type: ignore[no-any-return]
+
+
+def _log_tau_over_tau(tau: float) -> float:
+    check_range(
+        "tau", tau, math.e, None, low_inclusive=False,
+        why="h^-1(log(tau)/tau) must lie on the branch x <= -1",
+    )
+    return math.log(tau) / tau
+
+
+def _one_hot_limit_entropy(constant: Tensor, num_classes: Tensor, tau: float) -> Tensor:
+    """Entropy of ``softmax(softmax_era(z))`` when ``softmax(z)`` tends to a one-hot vector."""
+    lt = math.log(tau) / tau
+    c_rest = (constant - lt) / (num_classes - 1)
+    total = 1.0 / tau + (num_classes - 1) * torch.exp(h_inverse(c_rest.clamp(min=1e-300)))
+    return constant / total + torch.log(total)
+
+
+@functools.lru_cache(maxsize=256)
+def _tight_constant_cached(num_classes: int, min_entropy: float, tau: float) -> float:
+    return float(tight_constant(torch.tensor(float(num_classes)), min_entropy, tau))
+
+
+def tight_constant(num_classes: Tensor, min_entropy: float, tau: float = 4.0) -> Tensor:
+    """Solve for ``C`` such that the one-hot-limit entropy of ``softmax_era`` equals ``min_entropy``.
+
+    The one-hot limit is the worst case; its entropy grows monotonically with ``C`` from 0
+    (at ``C = log(tau)/tau``) to ``log D`` (at ``C = D*log(tau)/tau``), so bisection in
+    float64 finds the root to round-off.
+
+    Args:
+        num_classes: Number of (unmasked) classes ``D``, any shape.
+        min_entropy: Target minimum entropy ``H0`` in ``[0, log D)``.
+        tau: The activation's ``tau > e``.
+
+    Returns:
+        ``C`` in float64 with the shape of ``num_classes``.
+    """
+    lt = _log_tau_over_tau(tau)
+    d = num_classes.to(torch.float64)
+    low, high = torch.full_like(d, lt), d * lt
+    for _ in range(64):
+        mid = 0.5 * (low + high)
+        below = _one_hot_limit_entropy(mid, d, tau) < min_entropy
+        low, high = torch.where(below, mid, low), torch.where(below, high, mid)
+    return 0.5 * (low + high)
+
+
+def softmax_era_bounds(num_classes: int, tau: float = 4.0, calibration: Calibration = "paper") -> tuple[float, float]:
+    """Allowed ``[low, high)`` interval of ``min_entropy`` for ``num_classes`` classes.
+
+    ``paper``: ``C = exp(H0 - 1)`` must satisfy ``log(tau)/tau <= C < D*log(tau)/tau`` (below,
+    some ``c_i`` would be negative; above, the class order and so the argmax would flip).
+    ``tight``: ``[0, log D)``, the range of the one-hot-limit entropy.
+    """
+    lt = _log_tau_over_tau(tau)
+    if calibration == "tight":
+        return 0.0, math.log(num_classes)
+    return 1.0 + math.log(lt), 1.0 + math.log(num_classes * lt)
+
+
+def _check_softmax_era_args(min_entropy: float, tau: float, calibration: str, num_classes: int) -> None:
+    if calibration not in ("paper", "tight"):
+        raise ValueError(f"calibration must be 'paper' or 'tight', got {calibration!r}")
+    check_range("num_classes", num_classes, 2, None, why="the size of the class dimension")
+    low, high = softmax_era_bounds(num_classes, tau, calibration)  # type: ignore[arg-type]
+    check_range(
+        "min_entropy", min_entropy, low, high, high_inclusive=False,
+        why=f"calibration={calibration!r}, D={num_classes}, tau={tau:g}",
+    )
+
+
+def softmax_era(
+    logits: Tensor,
+    min_entropy: float,
+    tau: float = 4.0,
+    calibration: Calibration = "paper",
+    dim: int = -1,
+) -> Tensor:
+    """Map logits to logits whose softmax has entropy >= ``min_entropy`` for every input.
+
+    With ``p = softmax(z)`` over ``D`` classes, ``c_i = log(tau)/tau * p_i + c_min * (1 - p_i)``
+    where ``c_min = (C - log(tau)/tau) / (D - 1)``, so ``sum_i c_i = C``, and
+    ``z'_i = h^{-1}(c_i) = W_{-1}(-c_i)`` exactly. Then ``H(softmax(z')) >= 1 + log C``.
+    ``calibration="paper"`` uses ``C = exp(H0 - 1)``, so that bound is ``H0`` (the realised
+    minimum is higher); ``"tight"`` solves for ``C`` so the worst case (one-hot limit) equals ``H0``.
+
+    The class order is preserved (so is the argmax). Classes with logit ``-inf`` are masked:
+    they get logit ``-inf`` back and do not count in ``D``. Math runs in float32 or higher;
+    the result has the input's dtype.
+
+    Args:
+        logits: Raw logits ``z``.
+        min_entropy: Entropy floor ``H0`` in nats; see ``softmax_era_bounds`` for the range.
+        tau: Shape constant, ``> e`` (reference 4).
+        calibration: ``"paper"`` (``C = exp(H0 - 1)``) or ``"tight"`` (worst case equals ``H0``).
+        dim: The class dimension.
+
+    Returns:
+        New logits, same shape and dtype.
+
+    Raises:
+        ValueError: infeasible ``min_entropy``/``tau`` for the number of classes, NaN or
+            ``+inf`` logits, or a row with too few unmasked classes. The data-dependent checks
+            (the last two) run in eager mode only; under ``torch.compile``/``torch.export`` NaN
+            logits give NaN rows.
+    """
+    num_classes = logits.shape[dim]
+    _check_softmax_era_args(min_entropy, tau, calibration, num_classes)
+    lt = math.log(tau) / tau
+    z = logits.movedim(dim, -1)
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    masked = torch.isneginf(z)
+    num_unmasked = (~masked).sum(-1, keepdim=True)
+
+    fast_constant: float | None = None
+    if not torch.compiler.is_compiling():
+        bad = (torch.isnan(z) | torch.isposinf(z)).any().long()
+        bad, fewest = torch.stack([bad, num_unmasked.min()]).tolist()
+        if bad:
+            raise ValueError("logits must not contain NaN or +inf (-inf marks a masked class)")
+        if fewest < num_classes:
+            try:
+                _check_softmax_era_args(min_entropy, tau, calibration, int(fewest))
+            except ValueError as error:
+                raise ValueError(f"a row has only {fewest} unmasked classes: {error}") from None
+        else:
+            fast_constant = (
+                math.exp(min_entropy - 1.0) if calibration == "paper"
+                else _tight_constant_cached(num_classes, min_entropy, tau)
+            )
+    if fast_constant is not None:
+        constant: Tensor | float = fast_constant
+        c_min = (fast_constant - lt) / (num_classes - 1)
+    else:
+        d = num_unmasked.to(z.dtype)
+        constant = (
+            torch.full_like(d, math.exp(min_entropy - 1.0)) if calibration == "paper"
+            else tight_constant(num_unmasked, min_entropy, tau).to(z.dtype)
+        )
+        c_min = (constant - lt) / (d - 1)
+
+    p = torch.softmax(z, dim=-1)
+    # A convex combination of two positive numbers: no cancellation for tiny c_min.
+    c = lt * p + c_min * (1.0 - p)
+    out = h_inverse(c.masked_fill(masked, lt)).masked_fill(masked, -math.inf)
+    return out.to(logits.dtype).movedim(-1, dim)
+
+
+# --------------------------------------------------------------------------- LLM
+
+
+def response_entropy(token_entropy: Tensor, mask: Tensor, top_frac: float = 0.2) -> Tensor:
+    """Mean of each response's highest token entropies (method.md §3, step 1).
+
+    Per response of ``L`` valid tokens, averages the ``max(1, floor(top_frac * L))`` largest
+    entries. A response with no valid token gets 0.
+
+    Args:
+        token_entropy: Per-token entropy of the original logits, shape ``(batch, seq)``.
+        mask: Valid-token mask (bool or 0/1), shape ``(batch, seq)``.
+        top_frac: Fraction of tokens to average, in ``(0, 1]``.
+
+    Returns:
+        Shape ``(batch,)``, dtype of ``token_entropy``.
+    """
+    check_range("top_frac", top_frac, 0.0, 1.0, low_inclusive=False)
+    mask = mask.bool()
+    length = mask.sum(-1, keepdim=True)
+    count = torch.floor(length.double() * top_frac).clamp(min=1).to(length.dtype)
+    ranked = token_entropy.masked_fill(~mask, -math.inf).sort(dim=-1, descending=True).values
+    rank = torch.arange(ranked.shape[-1], device=ranked.device)
+    chosen = (rank < count) & (rank < length)
+    total = torch.where(chosen, ranked, 0.0).sum(-1)
+    return total / count.squeeze(-1)
+
+
+def token_era_scale(
+    response_entropy: Tensor,
+    advantages: Tensor,
+    omega_low: float = 0.45,
+    omega_high: float = 3.0,
+    k: float = 2.0,
+    scale_advantages: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Per-token logit scale and rescaled advantages of the LLM rule (method.md §3, step 2).
+
+    For tokens with ``A > 0``: response entropy below ``omega_low`` sharpens nothing but
+    scales logits by ``k`` (and ``A`` by ``1/k``); above ``omega_high`` scales logits by
+    ``1/k`` (and ``A`` by ``k``). Everything else gets scale 1 and keeps its advantage.
+
+    Args:
+        response_entropy: Shape ``(batch,)``, from ``response_entropy``.
+        advantages: Shape ``(batch,)`` or ``(batch, seq)``.
+        omega_low: Lower entropy threshold, ``0 <= omega_low <= omega_high``.
+        omega_high: Upper entropy threshold.
+        k: Scale factor, ``> 1``.
+        scale_advantages: Rescale advantages as the reference rule does.
+
+    Returns:
+        ``(logit_scale, advantages)``, both with the shape of ``advantages``; new tensors.
+    """
+    check_range("k", k, 1.0, None, low_inclusive=False)
+    check_range("omega_low", omega_low, 0.0, omega_high, why=f"must not exceed omega_high={omega_high:g}")
+    entropy = response_entropy.reshape(response_entropy.shape + (1,) * (advantages.dim() - 1))
+    positive = advantages > 0
+    sharpen = positive & (entropy < omega_low)
+    flatten = positive & (entropy > omega_high)
+    ones = torch.ones_like(advantages)
+    scale = torch.where(sharpen, k * ones, torch.where(flatten, ones / k, ones))
+    new_advantages = advantages / scale if scale_advantages else advantages.clone()
+    return scale, new_advantages
+
+
+def token_era(
+    logits: Tensor,
+    response_entropy: Tensor,
+    advantages: Tensor,
+    omega_low: float = 0.45,
+    omega_high: float = 3.0,
+    k: float = 2.0,
+    scale_advantages: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Apply the LLM rule to materialised logits: ``z' = scale * z`` per token.
+
+    For large vocabularies prefer ``token_era_scale`` with
+    ``era_core.entropy.linear_logprobs_and_entropy(..., logit_scale=scale)``, which never
+    builds full float32 logits.
+
+    Args:
+        logits: Shape ``(batch, seq, vocab)`` (or ``(batch, vocab)`` with per-sequence advantages).
+        response_entropy: Shape ``(batch,)``.
+        advantages: Shape ``(batch, seq)`` or ``(batch,)``.
+        omega_low: See ``token_era_scale``.
+        omega_high: See ``token_era_scale``.
+        k: See ``token_era_scale``.
+        scale_advantages: See ``token_era_scale``.
+
+    Returns:
+        ``(logits, advantages)``: new tensors; the inputs are not modified.
+    """
+    scale, new_advantages = token_era_scale(
+        response_entropy, advantages, omega_low, omega_high, k, scale_advantages
+    )
+    scale = scale.reshape(scale.shape + (1,) * (logits.dim() - scale.dim()))
+    return logits * scale.to(logits.dtype), new_advantages
