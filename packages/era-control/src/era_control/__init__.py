@@ -1,0 +1,1 @@
+"""ERA for continuous control."""

@@ -1,0 +1,86 @@
+"""Checkpoints that survive crashes and signals.
+
+- :func:`save` writes to a temporary file in the same directory, fsyncs it and renames it
+  over the old checkpoint (``os.replace`` is atomic), so a checkpoint is never half written.
+- :class:`StopSignal` turns the first SIGINT/SIGTERM into a flag the training loop checks
+  between steps: the loop then saves and exits cleanly. A second signal stops at once.
+"""
+
+import os
+import signal
+import tempfile
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+
+__all__ = ["StopSignal", "load", "save"]
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def save(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomically write ``state`` (anything ``torch.save`` can store) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save`.
+
+    Checkpoints hold pickled environments, so they are loaded with ``weights_only=False``:
+    only load checkpoints you produced or trust.
+    """
+    return torch.load(Path(path), map_location=map_location, weights_only=False)
+
+
+class StopSignal:
+    """Context manager: SIGINT/SIGTERM set :attr:`signum` instead of killing the process."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop signal arrived."""
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """The shell convention ``128 + signal`` for the received signal, 0 if none."""
+        return (
+            0
+            if self.signum is None
+            else EXIT_CODES.get(signal.Signals(self.signum), 128 + self.signum)
+        )
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:  # second signal: the user insists
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "StopSignal":
+        for sig in EXIT_CODES:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

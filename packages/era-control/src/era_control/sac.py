@@ -1,0 +1,456 @@
+"""SAC-ERA and SAC (automatic temperature) for N seeds at once.
+
+The two differ only in the entropy mechanism (method.md §1):
+
+- **SAC** (Haarnoja et al. 2018): ``log_std`` squashed into ``[log_std_min, log_std_max]``;
+  the losses carry ``-alpha * H`` and ``alpha`` is tuned towards ``target_entropy``.
+- **SAC-ERA**: ``log_std = gaussian_era(raw, H0 + delta)`` gives every state a Gaussian of
+  entropy ``>= H0 + delta``; the actor loss is ``-min Q`` and the critic target has no
+  entropy bonus. ``delta`` compensates the entropy lost to tanh/truncation (learnt or fixed).
+
+Networks, replay, schedule and evaluation are shared, so runs differ only where they should.
+"""
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from era_core.entropy import DeltaTuner
+from era_core.functional import gaussian_era
+from era_core.validation import check_positive, check_range
+from torch import Tensor, nn
+
+from era_control import checkpoint, envs, rng
+from era_control.buffers import ReplayBuffer, Transition
+from era_control.config import RunConfig, help_field, to_dict
+from era_control.distributions import (
+    DISTRIBUTIONS,
+    DistributionName,
+    TanhNormal,
+    TruncatedTanhNormal,
+)
+from era_control.logging import Logger, progress_bar
+from era_control.networks import EnsembleMLP
+
+__all__ = ["PRESETS", "SAC", "SACConfig", "build", "evaluation_policy", "train"]
+
+# Entropy of a unit-variance 1-D Gaussian, log(sqrt(2*pi*e)).
+_UNIT_GAUSSIAN_ENTROPY = 0.5 * math.log(2 * math.pi * math.e)
+
+
+@dataclasses.dataclass
+class SACConfig(RunConfig):
+    """``era-control train sac``: SAC-ERA by default, SAC with ``--no-era``."""
+
+    era: bool = help_field(
+        True, "SAC-ERA (entropy floor by activation); --no-era: SAC with auto temperature"
+    )
+    distribution: DistributionName = help_field(  # noqa: RUF009 - returns a dataclasses.field
+        "tanh_normal",
+        "tanh_normal: tanh-squashed Gaussian (SAC); truncated_normal: N(tanh(mu), std) on [-1, 1] (ERA authors)",
+    )
+    target_entropy: float | None = help_field(
+        None,
+        "target entropy PER ACTION DIM in nats (default: 0.25 for ERA as the authors, -1 for SAC)",
+    )
+    learn_delta: bool = help_field(
+        True, "ERA: learn the bounding-bias compensation delta (else keep delta_init)"
+    )
+    delta_init: float = help_field(
+        0.1, "ERA: initial (or fixed) delta in nats, total over action dims"
+    )
+    alpha_init: float = help_field(1.0, "SAC: initial temperature alpha")
+    entropy_lr: float = help_field(3e-4, "Adam learning rate of alpha (SAC) or log-delta (ERA)")
+    log_std_min: float = help_field(-8.0, "lower bound of the Gaussian's log-std (both algorithms)")
+    log_std_max: float = help_field(0.0, "upper bound of the Gaussian's log-std (both algorithms)")
+    hidden: tuple[int, ...] = help_field((256, 256), "hidden layer widths of actor and critics")
+    activation: str = help_field("relu", "hidden activation: relu, elu or tanh")
+    critic_layer_norm: bool = help_field(False, "LayerNorm after each hidden layer of the critics")
+    lr: float = help_field(3e-4, "Adam learning rate of actor and critics")
+    gamma: float = help_field(0.99, "discount factor")
+    tau: float = help_field(0.005, "target-network Polyak rate")
+    batch_size: int = help_field(256, "transitions per seed per update")
+    buffer_size: int = help_field(1_000_000, "replay capacity per seed (capped at steps)")
+    learning_starts: int = help_field(
+        5_000, "env steps of uniform random actions before updates start"
+    )
+    updates_per_step: int = help_field(1, "gradient updates per env step (UTD ratio)")
+    save_buffer: bool | None = help_field(
+        None, "store the replay buffer in checkpoints (default: when steps < 1M)"
+    )
+
+    def __post_init__(self) -> None:
+        """Validate; every error names the flag and its allowed range."""
+        super().__post_init__()
+        check_range(
+            "log_std_min",
+            self.log_std_min,
+            None,
+            self.log_std_max,
+            high_inclusive=False,
+            why=f"must be below log_std_max={self.log_std_max:g}",
+        )
+        if self.target_entropy is not None:
+            # No distribution on [-1, 1] beats the uniform's log 2 per dim; ERA's Gaussian also
+            # needs the target below its own maximum log_std_max + log sqrt(2 pi e).
+            high = math.log(2.0)
+            if self.era:
+                high = min(high, self.log_std_max + _UNIT_GAUSSIAN_ENTROPY)
+            check_range(
+                "target_entropy",
+                self.target_entropy,
+                None,
+                high,
+                high_inclusive=False,
+                why="per action dim: the maximum entropy of the policy on [-1, 1]",
+            )
+        check_range(
+            "delta_init", self.delta_init, 0.0, low_inclusive=not (self.era and self.learn_delta)
+        )
+        check_positive("alpha_init", self.alpha_init)
+        for name in ("entropy_lr", "lr", "tau"):
+            check_positive(name, getattr(self, name))
+        check_range("tau", self.tau, 0.0, 1.0, low_inclusive=False)
+        check_range("gamma", self.gamma, 0.0, 1.0, high_inclusive=False)
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden must be one or more positive widths, got {self.hidden}")
+        if self.activation not in ("relu", "elu", "tanh"):
+            raise ValueError(
+                f"activation must be one of ['elu', 'relu', 'tanh'], got {self.activation!r}"
+            )
+        check_range("batch_size", self.batch_size, 1)
+        check_range("buffer_size", self.buffer_size, 1)
+        check_range("learning_starts", self.learning_starts, 0)
+        check_range("updates_per_step", self.updates_per_step, 1)
+        if self.save_buffer is None:
+            self.save_buffer = self.steps < 1_000_000
+
+    def entropy_target(self, action_dim: int) -> float:
+        """``H0`` in nats for an ``action_dim``-dim action space."""
+        per_dim = (
+            self.target_entropy if self.target_entropy is not None else (0.25 if self.era else -1.0)
+        )
+        return per_dim * action_dim
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The ERA authors' SAC-ERA settings for HumanoidBench / DMC (method.md §1).
+    "paper": {
+        "hidden": (512, 512),
+        "activation": "elu",
+        "critic_layer_norm": True,
+        "updates_per_step": 2,
+        "learning_starts": 5_000,
+        "batch_size": 256,
+        "lr": 3e-4,
+        "tau": 0.005,
+        "gamma": 0.99,
+        "distribution": "truncated_normal",
+        "log_std_min": -8.0,
+        "log_std_max": 0.0,
+    },
+}
+
+
+class Critic(nn.Module):
+    """Twin Q-functions for every seed: one ensemble of ``2 * seeds`` MLPs."""
+
+    def __init__(
+        self,
+        cfg: SACConfig,
+        generators: list[torch.Generator],
+        obs_dim: int,
+        action_dim: int,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        twin = [g for g in generators for _ in range(2)]  # member 2i, 2i+1 belong to seed i
+        self.net = EnsembleMLP(
+            twin, obs_dim + action_dim, cfg.hidden, 1, cfg.activation, cfg.critic_layer_norm, device
+        )
+
+    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
+        """Shape: ``(seeds, batch, obs), (seeds, batch, act) -> (seeds, 2, batch)``."""
+        seeds, batch, _ = obs.shape
+        x = torch.cat([obs, action], -1).repeat_interleave(2, dim=0)
+        return self.net(x).view(seeds, 2, batch)
+
+
+class SAC(nn.Module):
+    """Actor, twin critics, target critics and the entropy controller (alpha or delta) of N seeds.
+
+    Args:
+        cfg: The run's config.
+        generators: One generator per seed (initial weights and all sampling noise).
+        obs_dim: Observation size.
+        action_dim: Action size (actions live in ``[-1, 1]``).
+        device: Where parameters live.
+    """
+
+    def __init__(
+        self,
+        cfg: SACConfig,
+        generators: list[torch.Generator],
+        obs_dim: int,
+        action_dim: int,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.generators, seeds = cfg, generators, len(generators)
+        self.distribution = DISTRIBUTIONS[cfg.distribution]
+        self.actor = EnsembleMLP(
+            generators, obs_dim, cfg.hidden, 2 * action_dim, cfg.activation, False, device
+        )
+        self.critic = Critic(cfg, generators, obs_dim, action_dim, device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.target_entropy = cfg.entropy_target(action_dim)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        entropy_params: list[Tensor] = []
+        if cfg.era:
+            # H0 + delta must stay below the Gaussian's maximum entropy; delta is projected
+            # back under that cap after each step (margin: 1e-3 nats per dim).
+            max_entropy = action_dim * (cfg.log_std_max + _UNIT_GAUSSIAN_ENTROPY)
+            self.max_delta = max_entropy - self.target_entropy - 1e-3 * action_dim
+            check_range(
+                "delta_init",
+                cfg.delta_init,
+                0.0,
+                self.max_delta,
+                why=f"H0 + delta must stay below the Gaussian's maximum entropy {max_entropy:.4g}",
+            )
+            self.delta = DeltaTuner(
+                self.target_entropy, cfg.delta_init, cfg.learn_delta, (seeds,)
+            ).to(device)
+            entropy_params = list(self.delta.parameters())
+        else:
+            self.log_alpha = nn.Parameter(
+                torch.full((seeds,), math.log(cfg.alpha_init), device=device)
+            )
+            entropy_params = [self.log_alpha]
+        self.entropy_opt = (
+            torch.optim.Adam(entropy_params, lr=cfg.entropy_lr) if entropy_params else None
+        )
+
+    def policy(self, obs: Tensor) -> TanhNormal | TruncatedTanhNormal:
+        """The action distribution at ``obs`` (``(seeds, batch, obs_dim)``)."""
+        mean, raw_scale = self.actor(obs).chunk(2, dim=-1)
+        lo, hi = self.cfg.log_std_min, self.cfg.log_std_max
+        if self.cfg.era:
+            log_std = gaussian_era(raw_scale, self.delta.era_target.unsqueeze(-1), lo, hi)
+        else:
+            log_std = lo + 0.5 * (hi - lo) * (torch.tanh(raw_scale) + 1.0)
+        return self.distribution(mean, log_std)
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """One action per seed for a batch of observations, shape ``(seeds, obs_dim) -> (seeds, act_dim)``."""
+        pi = self.policy(obs.unsqueeze(1))
+        return (pi.mode() if deterministic else pi.sample(self.generators).action).squeeze(1)
+
+    def update(self, batch: Transition) -> dict[str, Tensor]:
+        """One gradient step of critics, actor, entropy controller and targets.
+
+        Losses are averaged over each seed's batch and summed over seeds, so every seed
+        receives exactly the gradient it would get alone. Returns per-seed metrics.
+        """
+        cfg, era = self.cfg, self.cfg.era
+        alpha = None if era else self.log_alpha.exp().detach().unsqueeze(-1)  # (seeds, 1)
+
+        # Critics: y = r + gamma * (1 - terminated) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')),
+        # a' ~ pi(.|s'). SAC-ERA has no entropy bonus: the activation keeps the entropy up.
+        with torch.no_grad():
+            next_sample = self.policy(batch.next_obs).sample(self.generators)
+            next_q = self.critic_target(batch.next_obs, next_sample.action).min(dim=1).values
+            if not era:
+                next_q = next_q - alpha * next_sample.log_prob
+            y = batch.reward + cfg.gamma * (1.0 - batch.terminated) * next_q
+        q = self.critic(batch.obs, batch.action)  # (seeds, 2, batch)
+        critic_loss = (q - y.unsqueeze(1)).pow(2).mean(-1).sum(1)  # per seed, both critics
+        _descend(self.critic_opt, critic_loss.sum())
+
+        # Actor: SAC minimises E[alpha * log pi(a|s) - min_j Q_j(s, a)]; SAC-ERA just E[-min_j Q_j(s, a)].
+        pi = self.policy(batch.obs)
+        sample = pi.sample(self.generators)
+        self.critic.requires_grad_(False)  # the actor's loss must not move the critics
+        q_pi = self.critic(batch.obs, sample.action).min(dim=1).values
+        self.critic.requires_grad_(True)
+        actor_loss = (-q_pi if era else alpha * sample.log_prob - q_pi).mean(-1)
+        _descend(self.actor_opt, actor_loss.sum())
+
+        # Entropy controller. SAC: alpha grows while H < target (SB3's log-alpha loss).
+        # ERA: delta grows while the executed entropy is below H0 (DeltaTuner), capped.
+        metrics = {}
+        if era:
+            if self.entropy_opt is not None:
+                _descend(self.entropy_opt, self.delta.loss(sample.entropy))
+                with torch.no_grad():
+                    self.delta.log_delta.clamp_(max=math.log(self.max_delta))
+            metrics["era/delta"] = self.delta.delta.detach()
+        else:
+            alpha_loss = -(
+                self.log_alpha.unsqueeze(-1) * (sample.log_prob.detach() + self.target_entropy)
+            ).mean(-1)
+            _descend(self.entropy_opt, alpha_loss.sum())
+            metrics["sac/alpha"] = self.log_alpha.exp().detach()
+
+        # Targets: theta' <- (1 - tau) * theta' + tau * theta.
+        with torch.no_grad():
+            for target, online in zip(
+                self.critic_target.parameters(), self.critic.parameters(), strict=True
+            ):
+                target.lerp_(online, cfg.tau)
+
+        return metrics | {
+            "loss/critic": critic_loss.detach(),
+            "loss/actor": actor_loss.detach(),
+            "q/mean": q.detach().mean(dim=(1, 2)),
+            "entropy/policy": sample.entropy.detach().mean(-1),
+            "entropy/gaussian": pi.gaussian_entropy().detach().mean(-1),
+        }
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """Optimiser states, for checkpoints."""
+        opts = {"actor": self.actor_opt, "critic": self.critic_opt, "entropy": self.entropy_opt}
+        return {k: o.state_dict() for k, o in opts.items() if o is not None}
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`optimizer_state`."""
+        self.actor_opt.load_state_dict(state["actor"])
+        self.critic_opt.load_state_dict(state["critic"])
+        if self.entropy_opt is not None:
+            self.entropy_opt.load_state_dict(state["entropy"])
+
+
+def _deterministic(agent: SAC, device: torch.device) -> Any:
+    def policy(observation: np.ndarray) -> np.ndarray:
+        return (
+            agent.act(torch.as_tensor(observation, device=device), deterministic=True).cpu().numpy()
+        )
+
+    return policy
+
+
+def _descend(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def build(
+    cfg: SACConfig, device: torch.device | None = None
+) -> tuple[SAC, Any, list[torch.Generator]]:
+    """The agent, training envs and per-seed generators of a fresh run."""
+    device = device or cfg.torch_device()
+    generators = rng.generators(cfg.seed_list(), device)
+    train_envs = envs.make_vector_env(cfg.env, cfg.seeds)
+    obs_dim = int(np.prod(train_envs.single_observation_space.shape))
+    action_dim = int(np.prod(train_envs.single_action_space.shape))
+    return SAC(cfg, generators, obs_dim, action_dim, device), train_envs, generators
+
+
+def train(cfg: SACConfig, run_dir: str | Path, resume: bool = False) -> int:
+    """Train (or resume) a run in ``run_dir``; returns a process exit code.
+
+    A SIGINT/SIGTERM makes the loop save a checkpoint and return ``130``/``143``;
+    ``resume=True`` continues from ``run_dir/checkpoint.pt`` so that, on CPU, the
+    parameters equal those of an uninterrupted run.
+    """
+    run_dir = Path(run_dir)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = cfg.torch_device()
+    seeds = cfg.seed_list()
+    agent, train_envs, gens = build(cfg, device)
+    obs_dim, action_dim = agent.actor[0].weight.shape[1], agent.actor[-1].weight.shape[2] // 2
+    buffer = ReplayBuffer(min(cfg.buffer_size, cfg.steps), cfg.seeds, obs_dim, action_dim, device)
+    step, episode_return, episode_length = 0, np.zeros(cfg.seeds), np.zeros(cfg.seeds, dtype=int)
+    if resume:
+        state = checkpoint.load(run_dir / "checkpoint.pt", map_location=device)
+        step, obs = state["step"], state["obs"]
+        episode_return, episode_length = state["episode_return"], state["episode_length"]
+        agent.load_state_dict(state["agent"])
+        agent.load_optimizer_state(state["optimizers"])
+        for gen, gen_state in zip(gens, state["generators"], strict=True):
+            gen.set_state(gen_state)
+        rng.set_global_state(state["global_rng"])
+        if state["buffer"] is not None:
+            buffer.load_state_dict(state["buffer"])
+        train_envs.close()
+        train_envs = envs.restore_envs(state["envs"], cfg.env)
+    else:
+        obs, _ = train_envs.reset(seed=seeds)
+    eval_envs = envs.make_vector_env(cfg.env, cfg.seeds)
+    logger = Logger(
+        run_dir, seeds, resume_step=step if resume else None, tensorboard=cfg.tensorboard
+    )
+
+    def save() -> None:
+        checkpoint.save(run_dir / "checkpoint.pt", {
+            "step": step, "obs": obs, "episode_return": episode_return, "episode_length": episode_length,
+            "agent": agent.state_dict(), "optimizers": agent.optimizer_state(),
+            "generators": [g.get_state() for g in gens], "global_rng": rng.global_state(),
+            "buffer": buffer.state_dict() if cfg.save_buffer else None,
+            "envs": envs.snapshot_envs(train_envs), "config": to_dict(cfg),
+        })  # fmt: skip
+
+    policy = _deterministic(agent, device)
+    metrics: dict[str, Tensor] = {}
+    last_eval, start_time, start_step = float("nan"), time.perf_counter(), step
+    with checkpoint.StopSignal() as stop, progress_bar(cfg.steps, step, run_dir.name) as bar:
+        while step < cfg.steps and not stop.requested:
+            if step < cfg.learning_starts:  # uniform warm-up actions, from each seed's generator
+                action = rng.rand(gens, (action_dim,), device) * 2.0 - 1.0
+            else:
+                action = agent.act(torch.as_tensor(obs, device=device))
+            action = action.cpu().numpy()
+            next_obs, reward, terminated, truncated, info = train_envs.step(action)
+            done = terminated | truncated
+            real_next = envs.final_observations(next_obs, done, info)
+            buffer.add(obs, action, reward, real_next, terminated)
+            obs, step = next_obs, step + 1
+            episode_return += reward
+            episode_length += 1
+            if done.any():
+                finished = np.flatnonzero(done)
+                logger.log(step, {"charts/episodic_return": episode_return[finished],
+                                  "charts/episodic_length": episode_length[finished]}, finished)  # fmt: skip
+                episode_return[finished], episode_length[finished] = 0.0, 0
+
+            if step >= cfg.learning_starts and len(buffer) >= cfg.batch_size:
+                for _ in range(cfg.updates_per_step):
+                    metrics = agent.update(buffer.sample(cfg.batch_size, gens))
+            if step % cfg.log_every == 0:
+                sps = (step - start_step) / (time.perf_counter() - start_time)
+                logger.log(step, {**metrics, "charts/sps": sps})
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                returns = envs.evaluate(
+                    policy, eval_envs, [s + 100_000 for s in seeds], cfg.eval_episodes
+                )
+                logger.log(step, {"eval/return": returns})
+                last_eval = float(returns.mean())
+            if step % cfg.checkpoint_every == 0:
+                save()
+            bar.update(1)
+            bar.set_postfix(eval_return=f"{last_eval:.1f}", refresh=False)
+        save()  # the final state, or where a signal stopped the loop
+    logger.close()
+    eval_envs.close()
+    train_envs.close()
+    if stop.requested:
+        print(f"stopped at step {step}; resume with: era-control train sac --resume {run_dir}")
+    return stop.exit_code
+
+
+def evaluation_policy(cfg: SACConfig, state: dict[str, Any], device: torch.device) -> Any:
+    """The deterministic policy ``obs (seeds, obs_dim) -> actions`` stored in a checkpoint."""
+    agent, train_envs, _ = build(cfg, device)
+    train_envs.close()
+    agent.load_state_dict(state["agent"])
+
+    return _deterministic(agent, device)

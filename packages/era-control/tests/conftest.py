@@ -1,0 +1,24 @@
+import pytest
+import torch
+from era_core.testing import cuda_required
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    if cuda_required():
+        raise pytest.UsageError("ERA_REQUIRE_GPU=1 but CUDA is not available")
+    skip = pytest.mark.skip(reason="CUDA is not available")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng_state():
+    """Each test starts from a fixed seed and leaves torch's RNG (and threads) as it found them."""
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
+    torch.manual_seed(0)
+    yield
+    torch.set_rng_state(state)
+    torch.set_num_threads(threads)

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import torch
+from era_control import rng
+from era_control.buffers import ReplayBuffer
+
+
+def fill(buffer, n, seeds=2):
+    for t in range(n):
+        value = np.full(seeds, float(t)) + np.arange(seeds) * 1000
+        buffer.add(
+            value[:, None].repeat(3, 1),
+            value[:, None],
+            value,
+            value[:, None].repeat(3, 1) + 0.5,
+            value * 0,
+        )
+
+
+def test_sample_keeps_transitions_and_seeds_together():
+    buffer = ReplayBuffer(50, 2, 3, 1)
+    fill(buffer, 20)
+    batch = buffer.sample(64, rng.generators([0, 1]))
+    assert batch.obs.shape == (2, 64, 3) and batch.reward.shape == (2, 64)
+    torch.testing.assert_close(batch.obs[..., 0], batch.reward)
+    torch.testing.assert_close(batch.next_obs[..., 0], batch.reward + 0.5)
+    assert (batch.reward[0] < 1000).all() and (batch.reward[1] >= 1000).all()
+
+
+def test_ring_overwrites_oldest():
+    buffer = ReplayBuffer(10, 1, 3, 1)
+    fill(buffer, 25, seeds=1)
+    assert len(buffer) == 10
+    assert set(buffer.state_dict()["reward"][:, 0].tolist()) == set(map(float, range(15, 25)))
+
+
+def test_state_dict_round_trip_continues_identically():
+    buffer = ReplayBuffer(30, 2, 3, 1)
+    fill(buffer, 12)
+    restored = ReplayBuffer(30, 2, 3, 1)
+    restored.load_state_dict(buffer.state_dict())
+    gens_a, gens_b = rng.generators([0, 1]), rng.generators([0, 1])
+    torch.testing.assert_close(buffer.sample(8, gens_a).obs, restored.sample(8, gens_b).obs)
+    fill(buffer, 3)
+    fill(restored, 3)
+    torch.testing.assert_close(buffer.sample(8, gens_a).obs, restored.sample(8, gens_b).obs)
+
+
+def test_empty_and_bad_capacity():
+    with pytest.raises(ValueError, match="capacity"):
+        ReplayBuffer(0, 1, 3, 1)
+    with pytest.raises(RuntimeError, match="empty"):
+        ReplayBuffer(5, 1, 3, 1).sample(4, rng.generators([0]))

@@ -1,0 +1,178 @@
+"""End to end through the real CLI (in-process ``main``), on tiny budgets."""
+
+import json
+import os
+import signal
+import sys
+
+import pytest
+import torch
+import yaml
+from era_control import checkpoint, sac
+from era_control.cli import main
+
+TINY = [
+    "--steps", "300", "--learning-starts", "100", "--eval-every", "150", "--eval-episodes", "1",
+    "--log-every", "50", "--hidden", "16", "16", "--batch-size", "32", "--no-tensorboard",
+]  # fmt: skip
+
+
+def train(tmp_path, name, *flags):
+    code = main(["train", "sac", *TINY, "--out", str(tmp_path), "--run-name", name, *flags])
+    return code, tmp_path / name
+
+
+def metric_keys(run_dir):
+    return {line.split(",")[2] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]}
+
+
+@pytest.mark.parametrize("era", ["--era", "--no-era"])
+@pytest.mark.parametrize("env", ["InvertedPendulum-v5", "Pendulum-v1"])
+def test_train_smoke(tmp_path, env, era):
+    code, run_dir = train(tmp_path, "run", "--env", env, "--seeds", "2", era)
+    assert code == 0
+    keys = metric_keys(run_dir)
+    assert {
+        "charts/episodic_return",
+        "eval/return",
+        "loss/critic",
+        "loss/actor",
+        "entropy/policy",
+    } <= keys
+    assert ("era/delta" in keys) == (era == "--era")
+    assert ("sac/alpha" in keys) == (era == "--no-era")
+    state = checkpoint.load(run_dir / "checkpoint.pt")
+    assert state["step"] == 300
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["env"] == env and saved["seeds"] == 2 and saved["era"] == (era == "--era")
+
+
+def test_train_truncated_normal_paper_preset(tmp_path):
+    code, run_dir = train(
+        tmp_path, "run", "--env", "InvertedPendulum-v5", "--preset", "paper", "--hidden", "16", "16"
+    )
+    assert code == 0
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    # Preset values, except where a flag overrides them.
+    assert saved["distribution"] == "truncated_normal" and saved["updates_per_step"] == 2
+    assert (
+        saved["critic_layer_norm"] and saved["activation"] == "elu" and saved["hidden"] == [16, 16]
+    )
+
+
+def test_train_dm_control(tmp_path):
+    pytest.importorskip("shimmy")
+    pytest.importorskip("dm_control")
+    code, run_dir = train(
+        tmp_path, "dmc", "--env", "dm_control/cartpole-swingup-v0", "--steps", "200"
+    )
+    assert code == 0
+    assert "eval/return" in metric_keys(run_dir)
+
+
+def test_config_file_then_flags(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump({"env": "Pendulum-v1", "lr": "1e-3", "gamma": 0.9, "seeds": 2})
+    )
+    code, run_dir = train(tmp_path, "run", "--config", str(config), "--gamma", "0.95")
+    assert code == 0
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["lr"] == 1e-3 and saved["gamma"] == 0.95 and saved["seeds"] == 2
+
+
+def test_eval_and_plot(tmp_path):
+    _, run_a = train(tmp_path, "a", "--env", "Pendulum-v1")
+    _, run_b = train(tmp_path, "b", "--env", "Pendulum-v1", "--no-era")
+    assert main(["eval", str(run_a), "--episodes", "2"]) == 0
+    result = json.loads((run_a / "eval.json").read_text())
+    assert len(result["returns"]) == 1 and result["returns"][0] < 0  # Pendulum rewards are <= 0
+    out = tmp_path / "curves.png"
+    assert main(["plot", str(run_a), str(run_b), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--env", "NoSuchEnv-v0"], "env must be a registered gymnasium id"),
+        (["--env", "Hoper-v5"], "did you mean"),
+        (["--steps", "-5"], "steps must be in [1, inf), got -5"),
+        (["--target-entropy", "0.9"], "target_entropy must be in"),
+        (["--log-std-min", "1"], "log_std_min must be in"),
+        (["--gamma", "1.0"], "gamma must be in [0, 1)"),
+        (["--distribution", "beta"], "distribution must be one of"),
+        (["--steps", "1.5"], "steps must be an integer"),
+    ],
+)
+def test_bad_config_is_refused(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "sac", "--out", str(tmp_path), *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def test_unknown_config_key_is_refused(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"learning_rate": 1e-3}))
+    with pytest.raises(SystemExit):
+        main(["train", "sac", "--config", str(config), "--out", str(tmp_path)])
+    assert "unknown config keys ['learning_rate']" in capsys.readouterr().err
+
+
+def test_resume_takes_no_other_flags(tmp_path, capsys):
+    _, run_dir = train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "100")
+    with pytest.raises(SystemExit):
+        main(["train", "sac", "--resume", str(run_dir), "--steps", "500"])
+    assert "--resume continues the saved config" in capsys.readouterr().err
+
+
+class InterruptAfter(checkpoint.StopSignal):
+    """Sends the process a real SIGINT when the training loop checks the flag for the n-th time."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self.checks = checks
+
+    @property
+    def requested(self) -> bool:
+        self.checks -= 1
+        if self.checks == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().requested
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("distribution", ["tanh_normal", "truncated_normal"])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, distribution):
+    flags = ["--env", "InvertedPendulum-v5", "--seeds", "2", "--distribution", distribution,
+             "--checkpoint-every", "70"]  # fmt: skip
+    assert train(tmp_path, "full", *flags)[0] == 0
+
+    # Interrupt mid-way (after a periodic checkpoint, between two others), then resume.
+    monkeypatch.setattr(checkpoint, "StopSignal", lambda: InterruptAfter(checks=187))
+    code, run_dir = train(tmp_path, "part", *flags)
+    assert code == 130
+    assert checkpoint.load(run_dir / "checkpoint.pt")["step"] == 186
+    monkeypatch.undo()
+    assert main(["train", "sac", "--resume", str(run_dir)]) == 0
+
+    full = checkpoint.load(tmp_path / "full" / "checkpoint.pt")
+    resumed = checkpoint.load(run_dir / "checkpoint.pt")
+    assert resumed["step"] == full["step"] == 300
+    for key, value in full["agent"].items():
+        torch.testing.assert_close(resumed["agent"][key], value, rtol=0, atol=0, msg=key)
+    assert set(full["agent"]) == set(resumed["agent"])
+    # The logged history is the same too (rows after the interruption were replaced).
+    assert (run_dir / "metrics.csv").read_text().count("eval/return") == 2 * 2
+
+
+def test_sac_module_interrupt_signal_is_real(tmp_path):
+    """The stop flag is set by an actual SIGINT and the handlers are restored afterwards."""
+    before = signal.getsignal(signal.SIGINT)
+    with checkpoint.StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is before
+    assert sac.SACConfig.__dataclass_fields__["steps"].metadata["help"]
