@@ -1,0 +1,131 @@
+"""Atomic, resumable checkpoints.
+
+``<run>/checkpoints/step-00000100/`` holds the model and tokenizer in ``save_pretrained``
+format (loadable by ``from_pretrained``, vLLM, or ``era-llm eval --model``), plus
+``trainer_state.pt`` (optimiser, scheduler, step) and one ``rank<r>.pt`` per process (RNG
+and data-sampler state). A checkpoint is written to a temporary directory, flushed to disk
+and renamed into place; ``checkpoints/latest`` is replaced the same way, so a crash or kill
+at any moment leaves the previous checkpoint intact.
+"""
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from era_llm.distributed import barrier
+
+__all__ = [
+    "latest_checkpoint",
+    "load_checkpoint_state",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, torch CPU and CUDA generator states."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: Any,
+    tokenizer: Any,
+    trainer_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    rank: int = 0,
+    keep: int = 2,
+) -> Path:
+    """Write a checkpoint from every rank; rank 0 writes the shared parts and publishes it.
+
+    Args:
+        run_dir: Run directory.
+        step: Completed training steps.
+        model: The (unwrapped) transformers model.
+        tokenizer: Its tokenizer.
+        trainer_state: Rank-independent state (optimiser, scheduler, step); rank 0 saves it.
+        rank_state: This rank's state (RNG, sampler).
+        rank: This process's rank.
+        keep: Number of most recent checkpoints to keep.
+
+    Returns:
+        The checkpoint directory.
+    """
+    root = run_dir / "checkpoints"
+    final, tmp = root / f"step-{step:08d}", root / f".tmp-step-{step:08d}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    torch.save(rank_state, tmp / f"rank{rank}.pt")
+    if rank == 0:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+    barrier()
+    if rank == 0:
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_atomic(root / "latest", final.name)
+        for old in sorted(root.glob("step-*"))[:-keep]:
+            shutil.rmtree(old)
+    barrier()
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The most recent complete checkpoint of a run, or ``None``."""
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def load_checkpoint_state(checkpoint: Path, rank: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(trainer_state, rank_state)`` of a checkpoint (weights load with ``from_pretrained``).
+
+    Raises:
+        ValueError: The checkpoint was written by a run with fewer ranks.
+    """
+    rank_file = checkpoint / f"rank{rank}.pt"
+    if not rank_file.is_file():
+        raise ValueError(
+            f"resume: {checkpoint} has no state for rank {rank} (written with fewer ranks?)"
+        )
+    trainer_state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    return trainer_state, torch.load(rank_file, weights_only=False)

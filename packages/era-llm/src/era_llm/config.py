@@ -1,0 +1,132 @@
+"""Typed configs to CLI flags and YAML: ``--config file.yaml`` first, then flag overrides.
+
+Every entrypoint has one ``@dataclass``; each field carries its help text in
+``field(metadata={"help": ...})``. Flags are generated from the fields (``lr`` becomes
+``--lr``, ``max_new_tokens`` becomes ``--max-new-tokens``), ``Literal`` fields become choices
+and ``bool`` fields get ``--x/--no-x``.
+"""
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+__all__ = ["help_field", "parse_config", "save_config"]
+
+C = TypeVar("C")
+
+
+def help_field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with a one-line help text (``default`` may be omitted for required fields)."""
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; anything else -> ``(tp, False)``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _scalar_parser(tp: Any, optional: bool) -> Any:
+    def parse(text: str) -> Any:
+        if optional and text.lower() in ("none", "null"):
+            return None
+        return tp(text)
+
+    parse.__name__ = getattr(tp, "__name__", "value")
+    return parse
+
+
+def _add_argument(parser: argparse.ArgumentParser, field: dataclasses.Field, tp: Any) -> None:
+    help_text = field.metadata.get("help", "")
+    if field.default is not dataclasses.MISSING:
+        help_text += f" (default: {field.default!r})"
+    elif field.default_factory is not dataclasses.MISSING:
+        help_text += f" (default: {field.default_factory()!r})"
+    else:
+        help_text += " (required)"
+    tp, optional = _unwrap_optional(tp)
+    kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS, "dest": field.name}
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(tp) is Literal:
+        kwargs["choices"] = list(typing.get_args(tp))
+    elif typing.get_origin(tp) in (list, tuple):
+        (item,) = set(typing.get_args(tp)) - {Ellipsis}
+        kwargs.update(nargs="+", type=_scalar_parser(item, False))
+    else:
+        kwargs["type"] = _scalar_parser(tp, optional)
+    parser.add_argument(_flag(field.name), **kwargs)
+
+
+def parse_config(cls: type[C], argv: list[str] | None, prog: str | None = None) -> C:
+    """Build ``cls`` from an optional ``--config file.yaml`` plus command-line overrides.
+
+    Args:
+        cls: A dataclass type whose fields carry ``metadata["help"]``.
+        argv: Arguments (without the program / subcommand name); ``None`` reads ``sys.argv``.
+        prog: Program name shown in ``--help``.
+
+    Returns:
+        The config instance (its ``__post_init__`` has validated it).
+
+    Raises:
+        ValueError: The YAML file names a field ``cls`` does not have, or a required field is
+            missing from both the file and the flags.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=(cls.__doc__ or "").split("\n")[0])
+    parser.add_argument("--config", type=Path, help="YAML file of field values; flags override it")
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    for field in fields:
+        _add_argument(parser, field, hints[field.name])
+    args = vars(parser.parse_args(argv))
+    config_path = args.pop("config", None)
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        loaded = yaml.safe_load(config_path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {config_path}: expected a mapping of field names to values")
+        unknown = sorted(set(loaded) - {f.name for f in fields})
+        if unknown:
+            raise ValueError(f"--config {config_path}: unknown fields {unknown}")
+        hints_by_name = {f.name: _unwrap_optional(hints[f.name])[0] for f in fields}
+        # YAML reads ``1e-6`` as a string; numbers are converted by the field's type.
+        values.update(
+            {
+                k: hints_by_name[k](v)
+                if hints_by_name[k] in (int, float) and isinstance(v, str)
+                else v
+                for k, v in loaded.items()
+            }
+        )
+    values.update(args)
+    missing = [
+        _flag(f.name)
+        for f in fields
+        if f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(
+            f"missing required option(s) {', '.join(missing)} (give them as flags or in --config)"
+        )
+    return cls(**values)
+
+
+def save_config(config: Any, path: Path) -> None:
+    """Write the resolved config as YAML (the file ``--config`` accepts)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

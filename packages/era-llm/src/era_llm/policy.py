@@ -1,0 +1,164 @@
+"""Causal-LM loading, and response-token log-probs and entropies without full-vocabulary logits."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from era_core.entropy import categorical_entropy, linear_logprobs_and_entropy, topk_logprobs
+from era_core.validation import check_range
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["TokenScorer", "load_model", "load_tokenizer"]
+
+
+@contextmanager
+def _loading(path: str) -> Iterator[None]:
+    """Turn transformers' OSError for a bad path or id into a ValueError naming the option."""
+    try:
+        yield
+    except OSError as error:
+        where = "a directory without a model" if Path(path).is_dir() else "no such directory"
+        raise ValueError(
+            f"model: cannot load {path!r} ({where}, and not a model id that could be fetched): {error}"
+        ) from error
+
+
+def load_tokenizer(path: str) -> Any:
+    """A transformers tokenizer with a pad token (the EOS token when it has none).
+
+    Raises:
+        ValueError: ``path`` is neither a model directory nor a loadable model id.
+    """
+    from transformers import AutoTokenizer
+
+    with _loading(path):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, device: torch.device | str = "cpu") -> Any:
+    """Load a causal LM in float32 (the master weights; bf16 runs use autocast).
+
+    Raises:
+        ValueError: ``path`` is neither a model directory nor a loadable model id.
+    """
+    from transformers import AutoModelForCausalLM
+
+    with _loading(path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.to(device)
+
+
+def _topk_chunk(
+    hidden: Tensor, weight: Tensor, labels: Tensor, scale: Tensor | None, k: int
+) -> tuple[Tensor, Tensor]:
+    logits = hidden @ weight.T
+    entropy = categorical_entropy(logits)
+    if scale is not None:
+        logits = logits.float() * scale.unsqueeze(-1)
+    return topk_logprobs(logits, labels, k), entropy
+
+
+class TokenScorer(nn.Module):
+    """Log-probs and entropies of the response tokens of a batch under a causal LM.
+
+    The decoder yields hidden states; era-core's chunked linear pass turns them into
+    log-probs (under an optional per-token logit scale, for GRPO-ERA) and entropies (of the
+    original logits) a chunk of tokens at a time, so float32 ``[tokens, vocab]`` logits never
+    exist for the whole batch. Wrap this module (not the LM) in DDP: its forward is the
+    training forward.
+
+    Args:
+        model: A transformers causal LM with a bias-free output projection.
+        chunk_size: Tokens per logits chunk; ``None`` lets era-core pick ~256 MiB chunks.
+        topk: ``0`` for full-vocabulary log-probs, else renormalise over the top ``k`` logits
+            (the paper's low-variance option, 20); entropies stay full-vocabulary.
+    """
+
+    def __init__(self, model: Any, chunk_size: int | None = None, topk: int = 0) -> None:
+        super().__init__()
+        head = model.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            raise ValueError("model: output projections with a bias are not supported")
+        if getattr(model.config, "final_logit_softcapping", None):
+            raise ValueError("model: final_logit_softcapping is not supported")
+        if chunk_size is not None:
+            check_range("logprob_chunk_size", chunk_size, 1)
+        check_range("topk_logprobs", topk, 0, head.weight.shape[0])
+        self.model, self.chunk_size, self.topk = model, chunk_size, topk
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        response_start: int,
+        logit_scale: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Score the tokens from ``response_start`` on.
+
+        Args:
+            input_ids: Shape ``(batch, seq)``: left-padded prompts, then right-padded responses.
+            attention_mask: Shape ``(batch, seq)``.
+            response_start: Column where responses begin (the padded prompt length).
+            logit_scale: Optional per-token scale of the response logits,
+                ``(batch, seq - response_start)``.
+
+        Returns:
+            ``(logprobs, entropy)``, float32, shape ``(batch, seq - response_start)``.
+        """
+        # Positions count real tokens only, as generate() does with left padding.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = self.model.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        # The logits at position t predict token t + 1.
+        hidden = hidden[:, response_start - 1 : -1]
+        labels = input_ids[:, response_start:]
+        weight = self.model.get_output_embeddings().weight
+        device = input_ids.device.type
+        dtype = (
+            torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        )
+        # era-core does its own float32 softmax math; hand it one dtype, outside autocast.
+        with torch.autocast(device, enabled=False):
+            hidden, weight = hidden.to(dtype), weight.to(dtype)
+            if self.topk == 0:
+                return linear_logprobs_and_entropy(
+                    hidden, weight, labels, self.chunk_size, logit_scale
+                )
+            return self._topk_forward(hidden, weight, labels, logit_scale)
+
+    def _topk_forward(
+        self, hidden: Tensor, weight: Tensor, labels: Tensor, logit_scale: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        shape = labels.shape
+        hidden, labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+        scale = None if logit_scale is None else logit_scale.detach().reshape(-1).float()
+        chunk = self.chunk_size or max(1, (1 << 26) // weight.shape[0])
+        outputs = []
+        for start in range(0, labels.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            # Recompute each chunk's logits in backward rather than keeping them.
+            outputs.append(
+                checkpoint(
+                    _topk_chunk,
+                    hidden[rows],
+                    weight,
+                    labels[rows],
+                    None if scale is None else scale[rows],
+                    self.topk,
+                    use_reentrant=False,
+                )
+            )
+        logprobs, entropy = (
+            torch.cat(parts).reshape(shape) for parts in zip(*outputs, strict=True)
+        )
+        return logprobs, entropy

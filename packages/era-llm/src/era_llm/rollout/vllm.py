@@ -1,0 +1,94 @@
+"""Colocated vLLM rollouts: one engine per process, weights pushed after each optimiser step.
+
+Written against vLLM's public API (``LLM``, ``SamplingParams``, ``LLM.apply_model``,
+``LLM.reset_prefix_cache``); needs a CUDA GPU and the ``era-llm[vllm]`` extra. vLLM is
+imported only when this backend is built.
+"""
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from era_llm.rollout import Sampling
+
+__all__ = ["VLLMRollout"]
+
+
+class VLLMRollout:
+    """A vLLM engine in this process that samples from the trainer's current weights.
+
+    Args:
+        model_path: Directory (or id) of the starting weights, loaded by vLLM in bf16.
+        eos_token_ids: Ids that end a response.
+        gpu_memory_utilization: Fraction of GPU memory vLLM may take (the trainer shares it).
+        max_model_len: Context length; ``None`` uses the model's.
+        seed: Engine sampling seed (give each rank its own).
+
+    Raises:
+        ImportError: vLLM is not installed.
+        RuntimeError: No CUDA device is available.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        eos_token_ids: Sequence[int],
+        gpu_memory_utilization: float = 0.3,
+        max_model_len: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        try:
+            import vllm
+        except ImportError as error:
+            raise ImportError("rollout=vllm needs vLLM: pip install 'era-llm[vllm]'") from error
+        if not torch.cuda.is_available():
+            raise RuntimeError("rollout=vllm needs a CUDA GPU; use rollout=hf on CPU")
+        # Keep the engine in this process so apply_model reaches our tensors without a copy.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.eos_token_ids = list(eos_token_ids)
+        self.llm = vllm.LLM(
+            model=str(model_path),
+            dtype="bfloat16",
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            seed=seed,
+            enable_prefix_caching=True,
+            # Under torchrun every rank drives its own engine on its own GPU.
+            distributed_executor_backend="external_launcher" if distributed else None,
+        )
+
+    def generate(self, prompts: Sequence[list[int]], sampling: Sampling) -> list[list[int]]:
+        """``len(prompts) * sampling.n`` responses, grouped by prompt."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            stop_token_ids=self.eos_token_ids,
+        )
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False
+        )
+        responses = []
+        for output in outputs:
+            for completion in output.outputs:
+                tokens = list(completion.token_ids)
+                # A response stopped by EOS ends with that token, as with the hf backend (vLLM
+                # reports the stopping id in stop_reason, None for the model's own EOS).
+                if completion.finish_reason == "stop" and (
+                    not tokens or tokens[-1] not in self.eos_token_ids
+                ):
+                    stop = completion.stop_reason
+                    tokens.append(stop if isinstance(stop, int) else self.eos_token_ids[0])
+                responses.append(tokens)
+        return responses
+
+    def update_weights(self, model: Any) -> None:
+        """Copy ``model``'s parameters into the engine and drop its stale prefix cache."""
+        weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+        self.llm.apply_model(lambda engine_model: engine_model.load_weights(weights))
+        self.llm.reset_prefix_cache()

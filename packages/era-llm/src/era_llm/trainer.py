@@ -1,0 +1,529 @@
+"""On-policy GRPO-family trainer: sample groups, score them, update the policy.
+
+One training step, top to bottom (``train``):
+
+1. ``collect_groups``: ``num_generations`` responses for each of ``prompts_per_step``
+   prompts, rewarded by a verifier; with dynamic sampling, groups whose rewards are all equal
+   (zero GRPO gradient) are dropped and refilled from the next prompts (DAPO).
+2. ``update_policy``: group-normalised advantages; a no-grad pass of the behaviour policy
+   when needed (old log-probs for several mini-batches, token entropies for ERA's shaping);
+   then per mini-batch the loss from ``LOSSES[algo]``, gradient accumulation over
+   micro-batches, clipping and one optimiser step; finally the rollout backend gets the new
+   weights.
+3. Log, checkpoint (atomically, also on SIGTERM/SIGINT), repeat.
+
+Under torchrun every rank samples its own shard of prompts; DDP averages gradients.
+"""
+
+import contextlib
+import random
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from era_core.functional import response_entropy
+from era_core.validation import check_positive, check_range
+from era_llm.advantages import group_advantages, informative_groups
+from era_llm.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from era_llm.config import help_field, save_config
+from era_llm.data import DEFAULT_TEMPLATE, PromptSampler, encode_prompt, load_examples
+from era_llm.distributed import (
+    Distributed,
+    all_reduce_mean,
+    all_reduce_sum,
+    any_rank,
+    init_distributed,
+    shutdown,
+)
+from era_llm.losses import LOSSES, Loss, LossConfig, PolicyTerms
+from era_llm.metrics import MetricLogger
+from era_llm.policy import TokenScorer, load_model, load_tokenizer
+from era_llm.rewards import REWARDS, RewardFn
+from era_llm.rollout import Rollout, RolloutConfig, Sampling, make_rollout
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+__all__ = ["Groups", "TrainConfig", "collate", "collect_groups", "train", "update_policy"]
+
+
+@dataclass(kw_only=True)
+class TrainConfig(LossConfig, RolloutConfig):
+    """Train a causal LM with GRPO, GRPO + entropy bonus, or GRPO-ERA on verifiable problems."""
+
+    model: str = help_field(help="model directory or id to start from")
+    data: str = help_field(help="training problems: .jsonl, .json or .parquet")
+    prompt_field: str | None = help_field(None, "question field (None: prompt, question, problem)")
+    answer_field: str | None = help_field(
+        None, "gold answer field (None: answer, final_answer, solution)"
+    )
+    prompt_template: str = help_field(DEFAULT_TEMPLATE, "prompt text; {prompt} is the question")
+    chat_template: bool = help_field(
+        True, "wrap prompts in the tokenizer's chat template if it has one"
+    )
+    reward: Literal["math-verify"] = help_field(
+        "math-verify", "reward function (era_llm.rewards.REWARDS)"
+    )
+    output_dir: str = help_field("runs/era-llm", "run directory: config, metrics, checkpoints")
+    seed: int = help_field(0, "random seed (rank r uses seed + r)")
+    max_steps: int = help_field(200, "training steps (one rollout batch each)")
+    prompts_per_step: int = help_field(16, "prompts per step and rank")
+    num_generations: int = help_field(8, "responses per prompt (the GRPO group size, >= 2)")
+    num_minibatches: int = help_field(1, "optimiser steps per rollout batch (1: fully on-policy)")
+    micro_batch_size: int = help_field(8, "responses per forward/backward (gradient accumulation)")
+    dynamic_sampling: bool = help_field(True, "drop groups with equal rewards and refill (DAPO)")
+    max_sampling_rounds: int = help_field(3, "generation rounds per step when refilling groups")
+    scale_rewards: bool = help_field(True, "divide advantages by the group std (False: Dr. GRPO)")
+    max_prompt_length: int = help_field(1024, "prompts longer than this many tokens are skipped")
+    lr: float = help_field(1e-6, "AdamW learning rate")
+    weight_decay: float = help_field(0.0, "AdamW weight decay")
+    warmup_steps: int = help_field(0, "linear learning-rate warm-up, in optimiser steps")
+    max_grad_norm: float = help_field(1.0, "gradient clipping norm")
+    precision: Literal["auto", "fp32", "bf16"] = help_field(
+        "auto", "bf16: bf16 autocast over float32 weights; auto: bf16 on CUDA, fp32 on CPU"
+    )
+    device: str = help_field("auto", "auto, cpu, cuda or cuda:N (torchrun ranks use LOCAL_RANK)")
+    gradient_checkpointing: bool = help_field(False, "recompute decoder activations in backward")
+    logprob_chunk_size: int | None = help_field(
+        None, "tokens per logits chunk (None: ~256 MiB chunks)"
+    )
+    topk_logprobs: int = help_field(
+        0, "renormalise log-probs over the top-k logits (0: off; paper: 20)"
+    )
+    save_every: int = help_field(
+        50, "checkpoint every this many steps (and at the end / on SIGTERM)"
+    )
+    keep_checkpoints: int = help_field(2, "most recent checkpoints to keep")
+    resume: bool = help_field(True, "continue from the run directory's latest checkpoint if any")
+
+    def __post_init__(self) -> None:
+        LossConfig.__post_init__(self)
+        RolloutConfig.__post_init__(self)
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {sorted(REWARDS)}, got {self.reward!r}")
+        if self.num_generations < 2:
+            raise ValueError(
+                f"num_generations must be >= 2 for group-relative advantages, got {self.num_generations}"
+            )
+        for name in (
+            "max_steps",
+            "prompts_per_step",
+            "num_minibatches",
+            "micro_batch_size",
+            "max_sampling_rounds",
+            "max_prompt_length",
+            "save_every",
+            "keep_checkpoints",
+        ):
+            check_range(name, getattr(self, name), 1)
+        check_range("warmup_steps", self.warmup_steps, 0)
+        check_positive("lr", self.lr)
+        check_range("weight_decay", self.weight_decay, 0.0)
+        check_positive("max_grad_norm", self.max_grad_norm)
+        batch = self.prompts_per_step * self.num_generations
+        if batch % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches ({self.num_minibatches}) must divide prompts_per_step * "
+                f"num_generations ({batch})"
+            )
+
+
+@dataclass
+class Groups:
+    """One step's sampled groups on this rank (``G`` responses per prompt, grouped).
+
+    Attributes:
+        prompts: Prompt token ids, one per group.
+        responses: ``len(prompts) * G`` response token ids.
+        rewards: Shape ``(len(prompts), G)``.
+        stats: Sampling statistics for logging.
+    """
+
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    rewards: Tensor
+    stats: dict[str, float]
+
+
+def collect_groups(
+    rollout: Rollout,
+    prompts: list[list[int]],
+    answers: list[str],
+    sampler: PromptSampler,
+    tokenizer: Any,
+    reward_fn: RewardFn,
+    cfg: TrainConfig,
+) -> Groups:
+    """Sample ``prompts_per_step`` groups, dropping and refilling uninformative ones.
+
+    After ``max_sampling_rounds`` the batch is topped up with uninformative groups (their
+    advantages are zero, so they only add to the loss normaliser): every rank always
+    trains on the same number of responses, which keeps DDP in lockstep.
+    """
+    sampling = Sampling(cfg.num_generations, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    g = cfg.num_generations
+    kept: list[tuple[list[int], list[list[int]], Tensor]] = []
+    spare: list[tuple[list[int], list[list[int]], Tensor]] = []
+    all_rewards, rounds = [], 0
+    while len(kept) < cfg.prompts_per_step and rounds < (
+        cfg.max_sampling_rounds if cfg.dynamic_sampling else 1
+    ):
+        indices = [sampler.next() for _ in range(cfg.prompts_per_step - len(kept))]
+        responses = rollout.generate([prompts[i] for i in indices], sampling)
+        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        rewards = torch.tensor(
+            [reward_fn(text, answers[indices[j // g]]) for j, text in enumerate(texts)],
+            dtype=torch.float32,
+        ).view(len(indices), g)
+        all_rewards.append(rewards.flatten())
+        useful = (
+            informative_groups(rewards)
+            if cfg.dynamic_sampling
+            else torch.ones(len(indices), dtype=torch.bool)
+        )
+        for j, index in enumerate(indices):
+            group = (prompts[index], responses[j * g : (j + 1) * g], rewards[j])
+            (kept if useful[j] else spare).append(group)
+        rounds += 1
+    informative = len(kept)
+    kept += spare[: cfg.prompts_per_step - len(kept)]
+    rewards_seen = torch.cat(all_rewards)
+    return Groups(
+        prompts=[p for p, _, _ in kept],
+        responses=[r for _, rs, _ in kept for r in rs],
+        rewards=torch.stack([r for _, _, r in kept]),
+        stats={
+            "train/reward": rewards_seen.mean().item(),
+            "train/informative_frac": informative / cfg.prompts_per_step,
+            "train/sampling_rounds": float(rounds),
+        },
+    )
+
+
+def collate(
+    prompts: list[list[int]], responses: list[list[int]], pad_token_id: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Pack ``G`` responses per prompt into ``[left-padded prompt | right-padded response]`` rows.
+
+    Returns:
+        ``(input_ids, attention_mask, response_mask, response_start)``: ``(B, P + R)``,
+        ``(B, P + R)``, float ``(B, R)``, and ``P``, the column where responses start.
+    """
+    g = len(responses) // len(prompts)
+    width = max(len(p) for p in prompts)
+    length = max(1, max(len(r) for r in responses))
+    ids, attention, response_mask = [], [], []
+    for j, response in enumerate(responses):
+        prompt = prompts[j // g]
+        left, right = width - len(prompt), length - len(response)
+        ids.append([pad_token_id] * left + prompt + response + [pad_token_id] * right)
+        attention.append([0] * left + [1] * (len(prompt) + len(response)) + [0] * right)
+        response_mask.append([1.0] * len(response) + [0.0] * right)
+    as_tensor = lambda rows, dtype: torch.tensor(rows, dtype=dtype, device=device)  # noqa: E731
+    return (
+        as_tensor(ids, torch.long),
+        as_tensor(attention, torch.long),
+        as_tensor(response_mask, torch.float32),
+        width,
+    )
+
+
+def _micro_batches(indices: Tensor, size: int) -> Iterator[Tensor]:
+    yield from indices.split(size)
+
+
+def _score(
+    scorer: Any, ids: Tensor, attention: Tensor, start: int, scale: Tensor | None, size: int
+) -> tuple[Tensor, Tensor]:
+    """No-grad log-probs and entropies of every row, ``size`` rows at a time."""
+    parts = []
+    with torch.no_grad():
+        for rows in _micro_batches(torch.arange(ids.shape[0], device=ids.device), size):
+            parts.append(
+                scorer(ids[rows], attention[rows], start, None if scale is None else scale[rows])
+            )
+    logprobs, entropy = (torch.cat(p) for p in zip(*parts, strict=True))
+    return logprobs, entropy
+
+
+def update_policy(
+    groups: Groups,
+    trainable: Any,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    loss: Loss,
+    cfg: TrainConfig,
+    pad_token_id: int,
+    dist: Distributed,
+    autocast: Any,
+    ref_scorer: TokenScorer | None = None,
+) -> dict[str, float]:
+    """Advantages, shaping, and ``num_minibatches`` optimiser steps on one rollout batch.
+
+    Args:
+        groups: This rank's sampled groups.
+        trainable: The ``TokenScorer`` (DDP-wrapped under torchrun) whose forward trains.
+        model: The unwrapped LM (for gradient clipping).
+        optimizer: Its optimiser.
+        scheduler: Learning-rate scheduler, stepped with the optimiser.
+        loss: The registry entry for ``cfg.algo``.
+        cfg: Training config.
+        pad_token_id: Padding id for ``collate``.
+        dist: Rank and device.
+        autocast: Mixed-precision context factory.
+        ref_scorer: Frozen reference model for the KL term (``kl_coef > 0``).
+
+    Returns:
+        Metrics of this update, averaged over this rank's tokens.
+    """
+    device = dist.device
+    ids, attention, mask, start = collate(groups.prompts, groups.responses, pad_token_id, device)
+    advantages = group_advantages(groups.rewards, cfg.scale_rewards).flatten().to(device)
+    advantages = advantages[:, None] * mask
+    scorer = trainable.module if isinstance(trainable, DistributedDataParallel) else trainable
+    scored = loss.shapes or cfg.num_minibatches > 1
+    logit_scale, old_logprobs, ref_logprobs = None, None, None
+    metrics: dict[str, float] = {}
+    with autocast():
+        if scored:
+            # The behaviour policy: its entropies decide ERA's scale once per batch, so the
+            # ratio compares current and old log-probs under the same transformation.
+            old_logprobs, old_entropy = _score(
+                scorer, ids, attention, start, None, cfg.micro_batch_size
+            )
+            logit_scale, advantages = loss.shaping(old_entropy, advantages, mask, cfg)
+            if logit_scale is not None:
+                metrics["era/sharpened_frac"] = _response_frac(logit_scale > 1, mask)
+                metrics["era/flattened_frac"] = _response_frac(logit_scale < 1, mask)
+                if (logit_scale != 1).any():
+                    old_logprobs = _score(
+                        scorer, ids, attention, start, logit_scale, cfg.micro_batch_size
+                    )[0]
+        if ref_scorer is not None:
+            ref_logprobs = _score(
+                ref_scorer, ids, attention, start, logit_scale, cfg.micro_batch_size
+            )[0]
+
+    batch = ids.shape[0]
+    order = torch.randperm(batch, device=device)
+    policy_loss, token_sums = 0.0, {}
+    entropy_rows = torch.zeros(batch, mask.shape[1], device=device)
+    grad_norms = []
+    for minibatch in order.split(batch // cfg.num_minibatches):
+        count = (
+            mask[minibatch].sum()
+            if cfg.aggregation == "token-mean"
+            else torch.tensor(float(len(minibatch)))
+        )
+        # DDP averages gradients over ranks, so each rank divides by the global count / world.
+        normaliser = all_reduce_sum(count.item(), device) / dist.world_size
+        micro = list(_micro_batches(minibatch, cfg.micro_batch_size))
+        for i, rows in enumerate(micro):
+            sync = i == len(micro) - 1 or not isinstance(trainable, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else trainable.no_sync(), autocast():
+                scale = None if logit_scale is None else logit_scale[rows]
+                logprobs, entropy = trainable(ids[rows], attention[rows], start, scale)
+                terms = PolicyTerms(
+                    logprobs=logprobs,
+                    old_logprobs=logprobs.detach() if old_logprobs is None else old_logprobs[rows],
+                    advantages=advantages[rows],
+                    mask=mask[rows],
+                    entropy=entropy,
+                    ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows],
+                    normaliser=normaliser,
+                )
+                value, sums = loss.objective(terms, cfg)
+            value.backward()
+            entropy_rows[rows] = entropy.detach()
+            policy_loss += value.item()
+            for key, total in sums.items():
+                token_sums[key] = token_sums.get(key, 0.0) + total.item()
+        grad_norms.append(
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+        )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    tokens = mask.sum().clamp(min=1).item()
+    metrics["loss/policy"] = policy_loss / cfg.num_minibatches
+    metrics.update({f"loss/{key}": total / tokens for key, total in token_sums.items()})
+    metrics["entropy/token"] = (entropy_rows * mask).sum().item() / tokens
+    metrics["entropy/response"] = (
+        response_entropy(entropy_rows, mask, cfg.era_top_frac).mean().item()
+    )
+    metrics["train/response_length"] = mask.sum(1).mean().item()
+    metrics["optim/grad_norm"] = sum(grad_norms) / len(grad_norms)
+    metrics["optim/lr"] = scheduler.get_last_lr()[0]
+    return metrics
+
+
+def _response_frac(flags: Tensor, mask: Tensor) -> float:
+    """Fraction of responses with any flagged valid token."""
+    return ((flags & (mask > 0)).any(dim=1)).float().mean().item()
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a flag checked between steps (so the step ends and saves)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignal":
+        with contextlib.suppress(
+            ValueError
+        ):  # signal handlers can only be set from the main thread
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) a training run; returns the run directory.
+
+    The run directory receives ``config.yaml``, ``metrics.csv``, TensorBoard events under
+    ``tb/`` and checkpoints under ``checkpoints/`` (the last one is the final model).
+    """
+    dist = init_distributed(cfg.device)
+    run_dir = Path(cfg.output_dir)
+    random.seed(cfg.seed + dist.rank)
+    torch.manual_seed(cfg.seed + dist.rank)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist.device.type == "cuda")
+    autocast = lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+
+    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    start_path = str(resume_from) if resume_from else cfg.model
+    tokenizer = load_tokenizer(start_path)
+    model = load_model(start_path, dist.device)
+    model.train()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ref_scorer = None
+    if cfg.kl_coef > 0:
+        ref_scorer = TokenScorer(
+            load_model(cfg.model, dist.device).eval().requires_grad_(False),
+            cfg.logprob_chunk_size,
+            cfg.topk_logprobs,
+        )
+
+    examples = load_examples(cfg.data, cfg.prompt_field, cfg.answer_field)
+    encoded = [
+        encode_prompt(tokenizer, e.prompt, cfg.prompt_template, cfg.chat_template) for e in examples
+    ]
+    usable = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.max_prompt_length]
+    if not usable:
+        raise ValueError(
+            f"max_prompt_length: all {len(examples)} prompts are longer than {cfg.max_prompt_length} tokens"
+        )
+    prompts, answers = [encoded[i] for i in usable], [examples[i].answer for i in usable]
+
+    scorer = TokenScorer(model, cfg.logprob_chunk_size, cfg.topk_logprobs)
+    trainable = DistributedDataParallel(scorer) if dist.world_size > 1 else scorer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = cfg.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+    )
+    sampler = PromptSampler(len(prompts), cfg.seed, dist.rank, dist.world_size)
+    step = 0
+    if resume_from is not None:
+        trainer_state, rank_state = load_checkpoint_state(resume_from, dist.rank)
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        step = trainer_state["step"]
+        sampler.load_state_dict(rank_state["sampler"])
+        set_rng_state(rank_state["rng"])
+    if dist.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    rollout = make_rollout(model, tokenizer, start_path, cfg, seed=cfg.seed + dist.rank)
+    logger = MetricLogger(run_dir, enabled=dist.is_main, resume_step=step)
+    loss, reward_fn = LOSSES[cfg.algo], REWARDS[cfg.reward]
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            run_dir,
+            step,
+            model,
+            tokenizer,
+            trainer_state={
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+            },
+            rank_state={"rng": rng_state(), "sampler": sampler.state_dict()},
+            rank=dist.rank,
+            keep=cfg.keep_checkpoints,
+        )
+
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=step,
+        disable=not dist.is_main,
+        desc=f"{cfg.algo}",
+        dynamic_ncols=True,
+    )
+    try:
+        with _StopSignal() as stop:
+            while step < cfg.max_steps:
+                started = time.perf_counter()
+                with autocast():
+                    groups = collect_groups(
+                        rollout, prompts, answers, sampler, tokenizer, reward_fn, cfg
+                    )
+                generated = time.perf_counter()
+                metrics = groups.stats | update_policy(
+                    groups,
+                    trainable,
+                    model,
+                    optimizer,
+                    scheduler,
+                    loss,
+                    cfg,
+                    tokenizer.pad_token_id,
+                    dist,
+                    autocast,
+                    ref_scorer,
+                )
+                rollout.update_weights(model)
+                step += 1
+                elapsed = time.perf_counter() - started
+                metrics["perf/step_time"] = elapsed
+                metrics["perf/generate_time"] = generated - started
+                metrics["perf/tokens_per_s"] = sum(len(r) for r in groups.responses) / elapsed
+                metrics = all_reduce_mean(metrics, dist.device)
+                logger.log(step, metrics)
+                bar.update()
+                bar.set_postfix(
+                    reward=f"{metrics['train/reward']:.3f}",
+                    entropy=f"{metrics['entropy/token']:.3f}",
+                    tok_s=f"{metrics['perf/tokens_per_s'] * dist.world_size:.0f}",
+                )
+                stopping = any_rank(stop.requested, dist.device)
+                if step % cfg.save_every == 0 or step == cfg.max_steps or stopping:
+                    checkpoint()
+                if stopping:
+                    break
+    finally:
+        bar.close()
+        logger.close()
+        shutdown()
+    return run_dir

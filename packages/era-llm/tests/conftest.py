@@ -1,0 +1,71 @@
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from era_core.testing import cuda_required
+
+# Tiny models run fastest (and do not fight other processes) on one thread.
+torch.set_num_threads(1)
+
+SHARED_MATH = Path(__file__).parents[3] / ".." / "shared" / "data" / "math"
+
+
+def pytest_collection_modifyitems(config, items):
+    # With ERA_REQUIRE_GPU=1 a missing GPU fails the GPU tests instead of skipping them.
+    if torch.cuda.is_available() or cuda_required():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # A GPU-only selection on a machine with no GPU tests collects nothing: not a failure.
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and "gpu" in (
+        session.config.option.markexpr or ""
+    ):
+        session.exitstatus = pytest.ExitCode.OK
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng():
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    yield
+    torch.set_rng_state(torch_state)
+    random.setstate(python_state)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The demo's character tokenizer and a randomly initialised tiny Qwen2, saved."""
+    from era_llm.demo import build_model, build_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    tokenizer = build_tokenizer()
+    build_model(len(tokenizer), hidden_size=32, num_layers=1, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def addition_data(tmp_path_factory) -> Path:
+    """40 one-digit addition problems as jsonl (question/answer fields)."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "add.jsonl"
+    rows = []
+    for _ in range(40):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({"question": f"{a}+{b}=", "answer": str(a + b)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def shared_math() -> Path:
+    if not SHARED_MATH.is_dir():
+        pytest.skip(
+            f"shared math data not found at {SHARED_MATH.resolve()} (CI checks ../shared out beside the repo)"
+        )
+    return SHARED_MATH

@@ -1,0 +1,71 @@
+import pytest
+import torch
+from era_core.testing import cpu_and_cuda
+from era_llm.policy import TokenScorer, load_model
+
+
+def _batch(device):
+    # Two prompts (the second left-padded) followed by responses (the first right-padded).
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 0], [0, 6, 7, 9, 10, 11]], device=device)
+    attention = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], device=device)
+    return input_ids, attention, 3
+
+
+def _reference(model, input_ids, attention, start, scale):
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention, position_ids=positions
+    ).logits.float()
+    logits = logits[:, start - 1 : -1]
+    labels = input_ids[:, start:]
+    entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    scaled = logits * (1.0 if scale is None else scale.unsqueeze(-1))
+    return scaled.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1), entropy
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_scorer_matches_full_logits(tiny_model_dir, device, with_scale):
+    model = load_model(str(tiny_model_dir), device)
+    input_ids, attention, start = _batch(device)
+    scale = torch.tensor([[2.0, 2.0, 1.0], [0.5, 1.0, 1.0]], device=device) if with_scale else None
+    logprobs, entropy = TokenScorer(model, chunk_size=2)(input_ids, attention, start, scale)
+    (logprobs.sum() + entropy.sum()).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ref_logprobs, ref_entropy = _reference(model, input_ids, attention, start, scale)
+    (ref_logprobs.sum() + ref_entropy.sum()).backward()
+    torch.testing.assert_close(logprobs, ref_logprobs)
+    torch.testing.assert_close(entropy, ref_entropy)
+    for got, want in zip(grads, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_topk_logprobs_renormalise_over_the_top_logits(tiny_model_dir):
+    model = load_model(str(tiny_model_dir))
+    input_ids, attention, start = _batch("cpu")
+    logprobs, entropy = TokenScorer(model, chunk_size=4, topk=3)(input_ids, attention, start)
+    ref_logprobs, ref_entropy = _reference(model, input_ids, attention, start, None)
+    torch.testing.assert_close(entropy, ref_entropy)
+    # Renormalising over fewer classes can only raise a log-probability.
+    assert torch.all(logprobs >= ref_logprobs - 1e-6) and torch.all(logprobs <= 0)
+    logprobs.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.gpu
+def test_scorer_under_bf16_autocast_is_close_to_fp32(tiny_model_dir):
+    model = load_model(str(tiny_model_dir), "cuda")
+    input_ids, attention, start = _batch("cuda")
+    scorer = TokenScorer(model)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logprobs, entropy = scorer(input_ids, attention, start)
+    assert logprobs.dtype == torch.float32
+    ref_logprobs, ref_entropy = scorer(input_ids, attention, start)
+    torch.testing.assert_close(logprobs, ref_logprobs, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(entropy, ref_entropy, atol=0.05, rtol=0.05)
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="model: cannot load"):
+        load_model(str(tmp_path / "nope"))

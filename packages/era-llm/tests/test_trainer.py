@@ -1,0 +1,384 @@
+import contextlib
+import copy
+import os
+import signal
+
+import pytest
+import torch
+from era_llm import rewards
+from era_llm.cli import main
+from era_llm.data import PromptSampler
+from era_llm.distributed import Distributed
+from era_llm.losses import LOSSES
+from era_llm.metrics import read_metrics
+from era_llm.policy import TokenScorer, load_model, load_tokenizer
+from era_llm.trainer import Groups, TrainConfig, collate, collect_groups, train, update_policy
+
+
+def parity_reward(completion: str, gold: str) -> float:
+    """A reward a random tiny model earns about half the time, so groups carry signal."""
+    return float(len(completion) % 2 == 0)
+
+
+@pytest.fixture
+def parity(monkeypatch):
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
+
+
+def _cfg(model_dir, data, out, **overrides):
+    base = dict(
+        model=str(model_dir),
+        data=str(data),
+        output_dir=str(out),
+        max_steps=3,
+        prompts_per_step=4,
+        num_generations=4,
+        micro_batch_size=16,
+        max_new_tokens=6,
+        prompt_template="{prompt}",
+        lr=1e-2,
+        device="cpu",
+        save_every=10,
+    )
+    return TrainConfig(**(base | overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"num_generations": 1}, "num_generations must be >= 2"),
+        ({"num_minibatches": 3}, "num_minibatches .* must divide"),
+        ({"reward": "exact"}, "reward must be one of"),
+        ({"lr": 0.0}, "lr must be in"),
+        ({"micro_batch_size": 0}, "micro_batch_size must be in"),
+    ],
+)
+def test_train_config_refuses_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg("m", "d", "o", **overrides)
+
+
+def test_collate_layout():
+    ids, attention, mask, start = collate(
+        [[5, 6], [7]], [[1], [2, 3], [4, 5, 6], [9]], 0, torch.device("cpu")
+    )
+    assert start == 2
+    assert ids.tolist() == [[5, 6, 1, 0, 0], [5, 6, 2, 3, 0], [0, 7, 4, 5, 6], [0, 7, 9, 0, 0]]
+    assert attention.tolist() == [
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0],
+        [0, 1, 1, 1, 1],
+        [0, 1, 1, 0, 0],
+    ]
+    assert mask.tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 0, 0]]
+
+
+class ScriptedRollout:
+    """Even prompt ids get n identical responses, odd ones two different answers."""
+
+    def generate(self, prompts, sampling):
+        out = []
+        for (token,) in prompts:
+            out += [[token] if token % 2 == 0 or i % 2 else [token + 1] for i in range(sampling.n)]
+        return out
+
+    def update_weights(self, model):
+        pass
+
+
+def _exact_reward(text, gold):
+    return float(text == gold)
+
+
+def test_dynamic_sampling_keeps_informative_groups(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    prompts = [[t] for t in (4, 5, 6, 7, 8, 9)]
+    answers = [tokenizer.decode(p) for p in prompts]
+    cfg = _cfg("m", "d", "o", prompts_per_step=2, num_generations=4, max_sampling_rounds=10)
+    groups = collect_groups(
+        ScriptedRollout(), prompts, answers, PromptSampler(6, 0), tokenizer, _exact_reward, cfg
+    )
+    assert len(groups.prompts) == 2 and len(groups.responses) == 8
+    assert all(p[0] % 2 == 1 for p in groups.prompts)
+    assert groups.stats["train/informative_frac"] == 1.0
+    assert torch.all(groups.rewards.sum(1) == 2.0)
+
+
+def test_dynamic_sampling_tops_up_when_rounds_run_out(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    prompts = [[t] for t in (4, 6, 8)]  # every group uninformative
+    answers = [tokenizer.decode(p) for p in prompts]
+    cfg = _cfg("m", "d", "o", prompts_per_step=2, num_generations=2, max_sampling_rounds=2)
+    groups = collect_groups(
+        ScriptedRollout(), prompts, answers, PromptSampler(3, 0), tokenizer, _exact_reward, cfg
+    )
+    assert len(groups.prompts) == 2
+    assert groups.stats == {
+        "train/reward": 1.0,
+        "train/informative_frac": 0.0,
+        "train/sampling_rounds": 2.0,
+    }
+
+
+def _groups(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [[4, 5], [6], [7, 8, 9], [10]]
+    responses = [
+        torch.randint(3, 20, (int(n),), generator=generator).tolist()
+        for n in torch.randint(1, 6, (16,), generator=generator)
+    ]
+    rewards = torch.tensor(
+        [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]]
+    )
+    return Groups(prompts, responses, rewards, {})
+
+
+def _update(model, cfg, groups):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    return update_policy(
+        groups,
+        TokenScorer(model),
+        model,
+        optimizer,
+        scheduler,
+        LOSSES[cfg.algo],
+        cfg,
+        0,
+        Distributed(0, 1, torch.device("cpu")),
+        contextlib.nullcontext,
+    )
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
+def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, aggregation):
+    base = load_model(str(tiny_model_dir))
+    models = [copy.deepcopy(base) for _ in range(2)]
+    for model, micro in zip(models, (16, 3), strict=True):
+        torch.manual_seed(0)
+        _update(
+            model,
+            _cfg("m", "d", "o", algo="grpo", micro_batch_size=micro, aggregation=aggregation),
+            _groups(),
+        )
+    changed = False
+    for p0, p1, p in zip(
+        models[0].parameters(), models[1].parameters(), base.parameters(), strict=True
+    ):
+        torch.testing.assert_close(p0, p1, atol=1e-6, rtol=1e-5)
+        changed |= not torch.equal(p0, p)
+    assert changed
+
+
+def test_aggregation_modes_give_different_updates(tiny_model_dir):
+    base = load_model(str(tiny_model_dir))
+    updated = []
+    for aggregation in ("token-mean", "seq-mean-token-mean"):
+        model = copy.deepcopy(base)
+        torch.manual_seed(0)
+        _update(model, _cfg("m", "d", "o", algo="grpo", aggregation=aggregation), _groups())
+        updated.append(model.get_output_embeddings().weight)
+    assert not torch.allclose(*updated)
+
+
+def test_on_policy_update_never_clips(tiny_model_dir):
+    metrics = _update(load_model(str(tiny_model_dir)), _cfg("m", "d", "o", algo="grpo"), _groups())
+    assert metrics["loss/clip_frac"] == 0.0
+
+
+def test_era_sharpens_every_positive_response_below_the_floor(tiny_model_dir):
+    groups = _groups()
+    cfg = _cfg("m", "d", "o", algo="grpo-era", era_omega_low=10.0, era_omega_high=20.0)
+    metrics = _update(load_model(str(tiny_model_dir)), cfg, groups)
+    positive = (groups.rewards - groups.rewards.mean(1, keepdim=True) > 0).float().mean().item()
+    assert metrics["era/sharpened_frac"] == pytest.approx(positive)
+    assert metrics["era/flattened_frac"] == 0.0
+
+
+def test_minibatches_and_kl_run(tiny_model_dir):
+    cfg = _cfg("m", "d", "o", algo="grpo", num_minibatches=2, micro_batch_size=4, kl_coef=0.1)
+    model = load_model(str(tiny_model_dir))
+    ref = TokenScorer(copy.deepcopy(model).requires_grad_(False))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    metrics = update_policy(
+        _groups(),
+        TokenScorer(model),
+        model,
+        optimizer,
+        scheduler,
+        LOSSES["grpo"],
+        cfg,
+        0,
+        Distributed(0, 1, torch.device("cpu")),
+        contextlib.nullcontext,
+        ref,
+    )
+    # The second mini-batch sees a moved policy: KL to the reference is positive, and the
+    # first mini-batch's update clips some ratios at this learning rate.
+    assert metrics["loss/kl"] > 0.0
+    assert scheduler.last_epoch == 2
+
+
+def _parameters(path):
+    return {k: v.clone() for k, v in load_model(str(path)).state_dict().items()}
+
+
+def test_train_checkpoint_resume_eval(tiny_model_dir, addition_data, tmp_path, parity):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(addition_data),
+        "--output-dir",
+        str(out),
+        "--prompts-per-step",
+        "4",
+        "--num-generations",
+        "4",
+        "--micro-batch-size",
+        "8",
+        "--max-new-tokens",
+        "6",
+        "--prompt-template",
+        "{prompt}",
+        "--lr",
+        "1e-2",
+        "--device",
+        "cpu",
+        "--algo",
+        "grpo-era",
+        "--save-every",
+        "2",
+    ]
+    main([*args, "--max-steps", "3"])
+    assert (out / "config.yaml").is_file() and (out / "tb").is_dir()
+    assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2, 3]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == [
+        "step-00000002",
+        "step-00000003",
+    ]
+    start, trained = _parameters(tiny_model_dir), _parameters(out / "checkpoints" / "step-00000003")
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
+
+    main([*args, "--max-steps", "5"])  # resumes from step 3
+    assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2, 3, 4, 5]
+    assert (out / "checkpoints" / "latest").read_text() == "step-00000005"
+
+    evaluated = tmp_path / "eval"
+    main(
+        [
+            "eval",
+            "--model",
+            str(out / "checkpoints" / "step-00000005"),
+            "--data",
+            str(addition_data),
+            "--n",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--max-problems",
+            "4",
+            "--prompt-template",
+            "{prompt}",
+            "--output-dir",
+            str(evaluated),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert (evaluated / "summary.json").is_file()
+
+
+def test_sigterm_then_resume_equals_uninterrupted(
+    tiny_model_dir, addition_data, tmp_path, monkeypatch
+):
+    # Without dynamic sampling every step rewards exactly 16 responses.
+    overrides = dict(
+        max_steps=4,
+        algo="grpo-era",
+        num_minibatches=2,
+        micro_batch_size=4,
+        era_omega_low=2.0,
+        save_every=100,
+        dynamic_sampling=False,
+    )
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
+    train(_cfg(tiny_model_dir, addition_data, tmp_path / "a", **overrides))
+
+    calls = []
+
+    def interrupting_reward(completion, gold):
+        calls.append(1)
+        if len(calls) == 20:  # during step 2's sampling (16 responses per step)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return parity_reward(completion, gold)
+
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", interrupting_reward)
+    train(_cfg(tiny_model_dir, addition_data, tmp_path / "b", **overrides))
+    assert (tmp_path / "b" / "checkpoints" / "latest").read_text() == "step-00000002"
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
+    train(_cfg(tiny_model_dir, addition_data, tmp_path / "b", **overrides))
+
+    a = _parameters(tmp_path / "a" / "checkpoints" / "step-00000004")
+    b = _parameters(tmp_path / "b" / "checkpoints" / "step-00000004")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows_a, rows_b = (read_metrics(tmp_path / run / "metrics.csv") for run in ("a", "b"))
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
+    assert strip(rows_a) == strip(rows_b)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--num-generations", "1"], "num_generations must be >= 2"),
+        (["--model", "/nonexistent/model"], "model: cannot load"),
+    ],
+)
+def test_cli_reports_clear_errors(tiny_model_dir, addition_data, tmp_path, extra, message):
+    args = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(addition_data),
+        "--output-dir",
+        str(tmp_path),
+    ]
+    with pytest.raises(SystemExit, match=message):
+        main(args + extra)
+
+
+def test_cli_reports_a_dataset_without_the_fields(tiny_model_dir, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"q": "1+1=", "a": "2"}\n')
+    with pytest.raises(SystemExit, match="has none of the fields"):
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(data),
+                "--output-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+
+
+@pytest.mark.gpu
+def test_bf16_training_step_on_cuda(tiny_model_dir, addition_data, tmp_path, parity):
+    out = train(
+        _cfg(
+            tiny_model_dir,
+            addition_data,
+            tmp_path,
+            device="cuda",
+            max_steps=2,
+            gradient_checkpointing=True,
+        )
+    )
+    rows = read_metrics(out / "metrics.csv")
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss/policy"])) for r in rows)
