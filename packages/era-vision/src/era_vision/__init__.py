@@ -1,0 +1,20 @@
+"""ERA for image classification: an entropy-floor head for any classifier, a recipe, metrics."""
+
+from era_vision.era import ERAClassifier, with_era
+from era_vision.losses import LOSSES, confidence_penalty, cross_entropy
+from era_vision.metrics import ClassificationMetrics, expected_calibration_error
+from era_vision.models import find_classifier, get_model, list_models, register_model
+
+__all__ = [
+    "LOSSES",
+    "ClassificationMetrics",
+    "ERAClassifier",
+    "confidence_penalty",
+    "cross_entropy",
+    "expected_calibration_error",
+    "find_classifier",
+    "get_model",
+    "list_models",
+    "register_model",
+    "with_era",
+]

@@ -1,0 +1,90 @@
+"""Command-line flags generated from config dataclasses: ``--config file.yaml`` then overrides.
+
+Each field becomes ``--field-name`` with its ``metadata["help"]``; ``Literal`` fields get
+choices, ``bool`` fields ``--flag/--no-flag``, and fields with ``metadata["positional"]``
+become positional arguments.
+"""
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+__all__ = ["add_arguments", "config_from_args", "load_config", "save_config"]
+
+C = TypeVar("C")
+
+
+def _base_type(annotation: Any) -> Any:
+    """Strip ``X | None`` to ``X``: such fields take an X on the command line, None is a default."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one argument per dataclass field, plus ``--config``, to ``parser``.
+
+    Defaults are suppressed so that only flags given on the command line override the YAML.
+    """
+    parser.add_argument(
+        "--config", type=Path, help="YAML file with field values; flags override it"
+    )
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        kind = _base_type(hints[field.name])
+        default = field.default if field.default is not dataclasses.MISSING else None
+        help_text = f"{field.metadata.get('help', '')} (default: {default})"
+        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+        if typing.get_origin(kind) is Literal:
+            kwargs["choices"] = typing.get_args(kind)
+            kwargs["type"] = type(typing.get_args(kind)[0])
+        elif kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) in (list, tuple):
+            kwargs["nargs"] = "+" if field.metadata.get("positional") else "*"
+            kwargs["type"] = typing.get_args(kind)[0]
+        else:
+            kwargs["type"] = kind
+        if field.metadata.get("positional"):
+            parser.add_argument(field.name, **kwargs)
+        else:
+            kwargs["dest"] = field.name
+            parser.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """Build ``cls`` from defaults, then ``--config`` YAML, then command-line flags."""
+    values = vars(args).copy()
+    path = values.pop("config", None)
+    merged = load_yaml(path) if path is not None else {}
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(merged) - names
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {sorted(unknown)}")
+    merged.update({k: v for k, v in values.items() if k in names})
+    return cls(**merged)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping (an empty file gives ``{}``)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of field names to values")
+    return data
+
+
+def save_config(config: Any, path: Path) -> None:
+    """Write a config dataclass as YAML (the resolved config of a run)."""
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+def load_config(cls: type[C], path: Path) -> C:
+    """Read a config dataclass written by ``save_config``."""
+    return cls(**load_yaml(path))

@@ -1,0 +1,343 @@
+"""Datasets, augmentation presets and the samplers that make training resumable.
+
+A dataset is named ``NAME[:PATH]``:
+
+- ``digits``: scikit-learn's bundled 8x8 digits (1797 images, no files needed), the demo default;
+- ``fashion-mnist[:DIR]``: IDX files (gzipped or not), by default from
+  ``/usr/share/datasets/fashion-mnist``, which Debian's ``dataset-fashion-mnist`` installs;
+- ``cifar10:ROOT`` / ``cifar100:ROOT``: torchvision's layout (``ROOT/cifar-10-batches-py``);
+- ``imagenet:ROOT``: any ImageFolder layout, ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*``.
+"""
+
+import gzip
+import itertools
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor
+from torch.utils.data import Dataset, DistributedSampler
+from torchvision.transforms import v2
+
+__all__ = [
+    "Augment",
+    "AugmentedDataset",
+    "ImageData",
+    "Normalize",
+    "RandomCropFlip",
+    "ResumableSampler",
+    "TensorImages",
+    "build_transform",
+    "load_data",
+    "read_idx",
+]
+
+Augment = Literal["none", "basic", "randaugment"]
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A dataset's splits and what models and transforms need to know about it."""
+
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    # Whole images live in memory as uint8 tensors (False: PIL images read from disk).
+    in_memory: bool = True
+
+
+class TensorImages(Dataset):
+    """Images ``(n, channels, h, w)`` uint8 and labels ``(n,)`` int64 held in memory."""
+
+    def __init__(self, images: Tensor, labels: Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("images must be uint8 (n, c, h, w) with one label per image")
+        self.images, self.labels = images, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped when the name ends in ``.gz``.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The array with the file's shape (uint8 data only, as in (Fashion-)MNIST).
+
+    Raises:
+        ValueError: If the header is not a uint8 IDX header or the size does not match it.
+    """
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not a uint8 IDX file (bad magic number)")
+    ndim = raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, offset=4))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape}, file holds {data.size} values")
+    return data.reshape(shape)
+
+
+def _find(root: Path, name: str) -> Path:
+    for candidate in (root / name, root / f"{name}.gz"):
+        if candidate.exists():
+            return candidate
+    raise ValueError(f"{root} has no {name}[.gz]")
+
+
+def _fashion_mnist(root: Path, download: bool) -> ImageData:
+    if download:
+        raise ValueError(
+            "fashion-mnist is read from local IDX files only: install Debian's "
+            "dataset-fashion-mnist or pass fashion-mnist:/dir/with/idx-files"
+        )
+
+    def split(prefix: str) -> TensorImages:
+        images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+        return TensorImages(
+            torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.copy())
+        )
+
+    return ImageData(split("train"), split("t10k"), 10, 1, 28, (0.2860,), (0.3530,))
+
+
+def _cifar(root: Path, download: bool, classes: int) -> ImageData:
+    folder, train_files, test_files, key = {
+        10: (
+            "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+            b"labels",
+        ),
+        100: ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+    }[classes]
+    if download and not (root / folder).exists():
+        dataset = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
+        dataset(root, download=True)
+    if not (root / folder).is_dir():
+        raise ValueError(
+            f"{root} has no {folder}/ (torchvision layout); pass --download to fetch it"
+        )
+
+    def split(files: list[str]) -> TensorImages:
+        batches = []
+        for name in files:
+            with open(root / folder / name, "rb") as f:
+                batches.append(pickle.load(f, encoding="bytes"))
+        images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([b[key] for b in batches])
+        return TensorImages(torch.from_numpy(images), torch.from_numpy(labels))
+
+    stats = {
+        10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    }[classes]
+    return ImageData(split(train_files), split(test_files), classes, 3, 32, *stats)
+
+
+def _digits() -> ImageData:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are 0..16; scale to the usual 0..255 range.
+    images = torch.from_numpy(np.round(digits.images * 255 / 16).astype(np.uint8))[:, None]
+    labels = torch.from_numpy(digits.target)
+    # A fixed shuffle, then 80 % train / 20 % test.
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(labels))
+    train, test = order[:cut], order[cut:]
+    return ImageData(
+        TensorImages(images[train], labels[train]),
+        TensorImages(images[test], labels[test]),
+        10,
+        1,
+        8,
+        (0.3053,),
+        (0.3759,),
+    )
+
+
+def _image_folder(root: Path) -> ImageData:
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise ValueError(
+                f"{root} has no {split}/ folder (ImageFolder layout: {split}/<class>/*)"
+            )
+    train = torchvision.datasets.ImageFolder(root / "train")
+    test = torchvision.datasets.ImageFolder(root / "val")
+    if train.classes != test.classes:
+        raise ValueError(f"{root}/train and {root}/val have different class folders")
+    return ImageData(train, test, len(train.classes), 3, 224, *_IMAGENET_STATS, in_memory=False)
+
+
+def parse_data(spec: str) -> tuple[str, Path | None]:
+    """Split ``NAME[:PATH]`` into the name and the path (None when absent)."""
+    name, _, path = spec.partition(":")
+    return name, Path(path).expanduser() if path else None
+
+
+DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagenet")
+
+
+def load_data(spec: str, download: bool = False) -> ImageData:
+    """Load a dataset named ``NAME[:PATH]`` (see the module docstring).
+
+    Args:
+        spec: ``digits``, ``fashion-mnist[:DIR]``, ``cifar10:ROOT``, ``cifar100:ROOT`` or
+            ``imagenet:ROOT``.
+        download: Let torchvision download CIFAR into ROOT when it is missing.
+
+    Returns:
+        The train and test splits with their class count, channels, image side and statistics.
+
+    Raises:
+        ValueError: If the name is unknown, the path is missing or the files are malformed.
+    """
+    name, root = parse_data(spec)
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "digits":
+        return _digits()
+    if name == "fashion-mnist":
+        root = root or FASHION_MNIST_DIR
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs a folder: --data {name}:/path")
+    if not root.is_dir() and not (download and name.startswith("cifar")):
+        hint = " (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
+        raise ValueError(f"data folder {root} for {name!r} does not exist{hint}")
+    if name == "fashion-mnist":
+        return _fashion_mnist(root, download)
+    if name in ("cifar10", "cifar100"):
+        return _cifar(root, download, 10 if name == "cifar10" else 100)
+    return _image_folder(root)
+
+
+class RandomCropFlip(torch.nn.Module):
+    """Random crop from a zero-padded uint8 tensor image, then a horizontal flip with p=0.5.
+
+    The same result as torchvision's ``RandomCrop(padding=...)`` + ``RandomHorizontalFlip``,
+    written directly on tensors: ~2.5x faster per 28x28 image than the v2 pipeline, whose
+    per-image overhead otherwise dominates a small model's epoch on a CPU.
+    """
+
+    def __init__(self, padding: int):
+        super().__init__()
+        self.padding = padding
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Augment one ``(channels, h, w)`` image."""
+        h, w = image.shape[-2:]
+        p = self.padding
+        top, left = torch.randint(0, 2 * p + 1, (2,)).tolist()
+        out = torch.nn.functional.pad(image, (p, p, p, p))[..., top : top + h, left : left + w]
+        return out.flip(-1) if torch.rand(()) < 0.5 else out
+
+
+def build_transform(augment: Augment, data: ImageData, train: bool) -> Callable:
+    """The transform from a stored image (uint8 tensor or PIL) to a normalised float tensor.
+
+    Presets for training: ``none`` (the paper's "without augmentation" column), ``basic``
+    (random crop and horizontal flip: padded crops for in-memory sets, RandomResizedCrop for
+    ImageFolder) and ``randaugment`` (basic + RandAugment(2, 9) + random erasing p=0.25 with
+    zeros, the "with augmentation" column). Evaluation uses ``none`` (ImageFolder: resize
+    to 8/7 of the side, centre crop).
+
+    Args:
+        augment: The preset.
+        data: The dataset (its image size and storage).
+        train: Training or evaluation transform.
+
+    Returns:
+        A callable for one image, drawing from the global torch RNG.
+    """
+    augment = augment if train else "none"
+    size = data.image_size
+    if data.in_memory:
+        steps = [] if augment == "none" else [RandomCropFlip(padding=size // 8)]
+    elif augment == "none":
+        steps = [v2.Resize(size * 8 // 7), v2.CenterCrop(size), v2.PILToTensor()]
+    else:
+        steps = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), v2.PILToTensor()]
+    if augment == "randaugment":
+        steps += [v2.RandAugment(num_ops=2, magnitude=9), v2.RandomErasing(p=0.25)]
+    return v2.Compose([*steps, Normalize(data.mean, data.std)])
+
+
+class Normalize(torch.nn.Module):
+    """uint8 image to float32, normalised per channel with the dataset's mean and std."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.mean = torch.tensor(mean).view(-1, 1, 1) * 255
+        self.std = torch.tensor(std).view(-1, 1, 1) * 255
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Normalise one ``(channels, h, w)`` image."""
+        return (image.float() - self.mean) / self.std
+
+
+class AugmentedDataset(Dataset):
+    """Applies a transform whose randomness depends only on (seed, epoch, index).
+
+    So the augmentation of a sample is the same whatever the number of workers or ranks, and
+    a run resumed in the middle of an epoch sees exactly what the uninterrupted run saw.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable, seed: int = 0):
+        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentations ``__getitem__`` draws."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image, label = self.base[index]
+        # Reseed only the CPU generator the transforms draw from, then put its state back, so
+        # the caller's RNG stream is untouched (torch.random.fork_rng costs ~100x more).
+        state = torch.get_rng_state()
+        torch.default_generator.manual_seed(
+            (self.seed * 1_000_003 + self.epoch) * len(self) + index
+        )
+        try:
+            return self.transform(image), label
+        finally:
+            torch.set_rng_state(state)
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (a pure function of seed and epoch) that can skip a prefix.
+
+    ``start`` is the number of this rank's samples of the current epoch already trained on.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas, rank, shuffle=True, seed=seed, drop_last=False)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.start

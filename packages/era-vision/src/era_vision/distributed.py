@@ -1,0 +1,58 @@
+"""torchrun integration: process-group setup and batch-norm statistics across ranks."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["Dist", "average_bn_stats", "setup"]
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job (world of one without torchrun)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0, the one that logs and writes files."""
+        return self.rank == 0
+
+
+def setup(device: str) -> Dist:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, gloo on CPU).
+
+    Args:
+        device: ``auto``, ``cpu`` or ``cuda``.
+
+    Returns:
+        Rank, world size and the device this rank computes on.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but CUDA is not available")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        return Dist(
+            dist.get_rank() if world_size > 1 else 0, world_size, torch.device("cuda", local_rank)
+        )
+    return Dist(dist.get_rank() if world_size > 1 else 0, world_size, torch.device("cpu"))
+
+
+def average_bn_stats(model: nn.Module) -> None:
+    """Average batch-norm running statistics over ranks (timm's ``--dist-bn reduce``)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for buffer in (module.running_mean, module.running_var):
+                dist.all_reduce(buffer)
+                buffer /= dist.get_world_size()

@@ -1,0 +1,97 @@
+"""The ERA head: any classifier's logits go through ``era_core.nn.SoftmaxERA``."""
+
+from typing import Literal
+
+import torch
+from era_core.nn import SoftmaxERA
+from torch import Tensor, nn
+
+from era_vision.models import find_classifier, num_classes_of
+
+__all__ = ["ERAClassifier", "with_era"]
+
+
+class ERAClassifier(nn.Module):
+    """A classifier whose logits pass through ``SoftmaxERA``, in training and in evaluation.
+
+    Every output distribution then has entropy >= ``min_entropy`` (paper calibration: a lower
+    bound; ``"tight"``: the attained minimum), and the argmax is unchanged. The wrapped model
+    is kept as ``self.model``, so its state dict keys gain a ``model.`` prefix; load pretrained
+    weights into the model before wrapping it.
+
+    Args:
+        model: A classifier whose ``forward`` returns logits ``(batch, num_classes)``.
+        min_entropy: The entropy floor H0 in nats; must be below ``log(num_classes)``.
+        tau: ERA's temperature constant, > e (paper: 4).
+        calibration: ``"paper"`` (the paper's mapping) or ``"tight"``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        min_entropy: float,
+        tau: float = 4.0,
+        calibration: Literal["paper", "tight"] = "paper",
+    ):
+        super().__init__()
+        self.num_classes = num_classes_of(find_classifier(model)[1])
+        self.model = model
+        self.era = SoftmaxERA(min_entropy, tau=tau, calibration=calibration)
+        self._check_feasible()
+
+    def _check_feasible(self) -> None:
+        # era-core validates H0 against the class count when it sees logits; one dummy row
+        # surfaces that ValueError when the model is built instead of at the first batch.
+        self.era(torch.zeros(1, self.num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """ERA logits ``(batch, num_classes)``; computed in float32 even under autocast."""
+        return self.era(self.model(x).float())
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The wrapped model's ``forward_features`` (timm API)."""
+        return self.model.forward_features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """The wrapped model's ``forward_head``, with ERA applied unless ``pre_logits``."""
+        x = self.model.forward_head(x, pre_logits=pre_logits)
+        return x if pre_logits else self.era(x.float())
+
+    def get_classifier(self) -> nn.Module:
+        """The wrapped model's final layer."""
+        return find_classifier(self.model)[1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Give the wrapped model a fresh classifier (timm API) and recheck H0 against it."""
+        self.model.reset_classifier(num_classes)
+        self.num_classes = num_classes
+        self._check_feasible()
+
+
+def with_era(
+    model: nn.Module,
+    min_entropy: float,
+    tau: float = 4.0,
+    calibration: Literal["paper", "tight"] = "paper",
+) -> ERAClassifier:
+    """Wrap a torchvision, timm or registered classifier so its logits go through ERA.
+
+    Args:
+        model: A classifier whose ``forward`` returns logits ``(batch, num_classes)``; its
+            classifier is found through timm's ``get_classifier`` or torchvision's
+            ``fc``/``classifier``/``heads``/``head``.
+        min_entropy: The entropy floor H0 in nats; must be below ``log(num_classes)``.
+        tau: ERA's temperature constant, > e (paper: 4).
+        calibration: ``"paper"`` (default, comparable with the paper) or ``"tight"``.
+
+    Returns:
+        The wrapped model.
+
+    Raises:
+        ValueError: If the classifier cannot be found or H0 is infeasible for the class count.
+
+    Example:
+        >>> import torchvision
+        >>> model = with_era(torchvision.models.resnet18(num_classes=10), min_entropy=0.6)
+    """
+    return ERAClassifier(model, min_entropy, tau=tau, calibration=calibration)

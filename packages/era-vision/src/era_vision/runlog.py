@@ -1,0 +1,77 @@
+"""Run-folder I/O: CSV + TensorBoard metric logs and atomic checkpoints."""
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["MetricLogger", "atomic_save"]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename it over ``path``.
+
+    A crash or kill during the write leaves the previous file intact.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class MetricLogger:
+    """Appends slash-namespaced scalars to ``<run>/<group>.csv`` and TensorBoard (``<run>/tb``).
+
+    Keys are grouped by their prefix (``train/loss`` goes to ``train.csv``); each CSV has a
+    ``step`` column and one column per key, fixed by its first row. On resume, rows written
+    after the checkpoint's step by the interrupted run are dropped, so the CSV has no duplicates.
+
+    Args:
+        run_dir: The run folder.
+        resume_step: Step of the checkpoint being resumed (None: a fresh run, files are replaced).
+    """
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        for path in self.run_dir.glob("*.csv"):
+            if resume_step is None:
+                path.unlink()
+            else:
+                with open(path, newline="") as f:
+                    rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+                    fields = list(rows[0]) if rows else None
+                path.unlink()
+                if fields:
+                    self._write(path, rows, fields)
+        self.tensorboard = SummaryWriter(self.run_dir / "tb", purge_step=resume_step)
+
+    @staticmethod
+    def _write(path: Path, rows: list[dict], fields: list[str]) -> None:
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Write ``metrics`` (keys like ``eval/top1``) at ``step``."""
+        groups: dict[str, dict[str, float]] = {}
+        for key, value in metrics.items():
+            groups.setdefault(key.split("/")[0], {})[key] = value
+            self.tensorboard.add_scalar(key, value, step)
+        for group, values in groups.items():
+            path = self.run_dir / f"{group}.csv"
+            fields = ["step", *values]
+            if path.exists():
+                with open(path, newline="") as f:
+                    fields = next(csv.reader(f))
+            self._write(path, [{"step": step, **values}], fields)
+
+    def close(self) -> None:
+        """Flush and close TensorBoard."""
+        self.tensorboard.close()
