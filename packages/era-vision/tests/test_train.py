@@ -218,6 +218,8 @@ def test_runtime_errors_are_clear(tmp_path):
         train(TrainConfig(model="resnet_nope", out=str(tmp_path), **TINY))
     with pytest.raises(ValueError, match="min_entropy"):  # log 10 = 2.30
         train(TrainConfig(regularizer="era", min_entropy=2.5, out=str(tmp_path), **TINY))
+    with pytest.raises(ValueError, match="train_subset"):
+        train(TrainConfig(**{**TINY, "train_subset": 10**6}, out=str(tmp_path)))
     with pytest.raises(ValueError, match="does not exist"):
         train(TrainConfig(**{**TINY, "data": "fashion-mnist:/nonexistent"}, out=str(tmp_path)))
 

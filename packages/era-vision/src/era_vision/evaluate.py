@@ -77,4 +77,6 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     model.load_state_dict(weights)
     test_set = AugmentedDataset(data.test, build_transform("none", data, train=False))
     metrics = evaluate(model.to(ctx.device), test_set, ctx, cfg.batch_size, cfg.workers)
+    if not ctx.main:  # under torchrun every rank evaluates its shard; rank 0 writes
+        return {"metrics": metrics.compute(), "reliability": metrics.reliability()}
     return write_report(metrics, Path(cfg.out))  # type: ignore[arg-type]

@@ -267,7 +267,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ctx = setup(cfg.device)
     run_dir = Path(cfg.out)  # type: ignore[arg-type]
     data = load_data(cfg.data, cfg.download)
-    base = data.train if cfg.train_subset is None else Subset(data.train, range(cfg.train_subset))
+    base = data.train
+    if cfg.train_subset is not None:
+        check_range("train_subset", cfg.train_subset, 1, len(base), why=f"{cfg.data} train split")
+        base = Subset(base, range(cfg.train_subset))
     train_set = AugmentedDataset(base, build_transform(cfg.augment, data, train=True), cfg.seed)
     test_set = AugmentedDataset(data.test, build_transform("none", data, train=False), cfg.seed)
 
