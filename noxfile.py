@@ -5,37 +5,40 @@
 
 Each package is tested in its own environment synced with that package alone
 (`uv sync --package`), so a package that imports a sibling's dependency fails.
+
+    nox -k "tests and cpu"      # every CPU test of every package (the README's test command)
+    nox -s demo                 # the main job of each package on built-in defaults
+    ERA_REQUIRE_GPU=1 nox -k "tests and gpu"   # GPU runners: fail, don't skip, without CUDA
 """
 
-import os
 from pathlib import Path
 
 import nox
 
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["tests"]
+nox.options.keywords = "tests and cpu"
 
 ROOT = Path(__file__).parent
 PACKAGES = ["era-core", "era-control", "era-llm", "era-vision"]
-# Extras installed for a package's tests (optional features it tests when present).
-TEST_EXTRAS: dict[str, list[str]] = {
-    "era-core": [],
-    "era-control": [],
-    "era-llm": [],
-    "era-vision": [],
-}
+# Optional extras each package's tests and benchmarks exercise.
+EXTRAS: dict[str, list[str]] = {"era-core": [], "era-control": [], "era-llm": [], "era-vision": []}
+# pytest marker expression per device.
 DEVICES = {"cpu": "not gpu", "gpu": "gpu"}
+# Each package's demo: the main job on built-in defaults, writing under runs/demo/.
+DEMOS: dict[str, list[str]] = {
+    "era-core": ["python", "-m", "era_core.demo", "--out", "runs/demo/era-core"],
+}
 
 
-def sync(session: nox.Session, package: str | None, *groups: str, extras: list[str] = ()) -> None:
-    """Install one package (or none) plus dependency groups into the session's venv."""
+def sync(session: nox.Session, package: str | None, *groups: str) -> None:
+    """`uv sync` the lock into this session's venv: one package (or none) plus dependency groups."""
     args = ["uv", "sync", "--frozen", "--no-default-groups"]
-    args += ["--package", package] if package else ["--only-group", groups[0]]
-    args += [f"--group={g}" for g in (groups if package else groups[1:])]
-    args += [f"--extra={e}" for e in extras]
-    session.run_install(
-        *args, env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}
-    )
+    if package is None:
+        args += [f"--only-group={group}" for group in groups]
+    else:
+        args += ["--package", package, *(f"--group={g}" for g in groups)]
+        args += [f"--extra={extra}" for extra in EXTRAS[package]]
+    session.run_install(*args, env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location})
 
 
 @nox.session
@@ -43,12 +46,10 @@ def sync(session: nox.Session, package: str | None, *groups: str, extras: list[s
 @nox.parametrize("package", PACKAGES)
 def tests(session: nox.Session, package: str, device: str) -> None:
     """Run one package's tests on one device (cpu: `-m "not gpu"`, gpu: `-m gpu`)."""
-    if device == "gpu" and not session.posargs and os.environ.get("ERA_REQUIRE_GPU") != "1":
-        session.log("GPU tests skip when CUDA is missing; set ERA_REQUIRE_GPU=1 to fail instead")
-    sync(session, package, "test", extras=TEST_EXTRAS[package])
+    sync(session, package, "test")
     session.run(
         "pytest", f"packages/{package}/tests", "-m", DEVICES[device], *session.posargs,
-        # A GPU-only selection on a package without GPU tests collects nothing (exit 5).
+        # A package may have no GPU tests: pytest then collects nothing and exits 5.
         success_codes=[0, 5] if device == "gpu" else [0],
     )
 
@@ -64,17 +65,17 @@ def lint(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("package", ["era-core"])
 def typecheck(session: nox.Session, package: str) -> None:
-    """Strict pyright over a package's sources."""
+    """Pyright over a package's sources (strict for era-core, see pyproject.toml)."""
     sync(session, package, "typecheck")
-    src = f"packages/{package}/src"
-    session.run("pyright", "--pythonpath", f"{session.virtualenv.location}/bin/python", src)
+    python = Path(session.virtualenv.location) / "bin" / "python"
+    session.run("pyright", "--pythonpath", str(python), f"packages/{package}/src")
 
 
 @nox.session
 @nox.parametrize("package", PACKAGES)
 def bench(session: nox.Session, package: str) -> None:
-    """Run a package's benchmark scripts; each prints a table and writes JSON to benchmarks/results/."""
-    sync(session, package, "bench", extras=TEST_EXTRAS[package])
+    """Run a package's benchmark scripts; each prints a table and writes JSON to its results/."""
+    sync(session, package, "bench")
     for script in sorted((ROOT / "packages" / package / "benchmarks").glob("bench_*.py")):
         session.run("python", str(script), *session.posargs)
 
@@ -82,5 +83,6 @@ def bench(session: nox.Session, package: str) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main job on built-in defaults: each package's demo, results under runs/demo/."""
-    sync(session, "era-core", "test")
-    session.run("python", "-m", "era_core.demo", "--out", "runs/demo/era-core")
+    for package, command in DEMOS.items():
+        sync(session, package)
+        session.run(*command)

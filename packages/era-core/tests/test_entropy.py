@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-
 from era_core.entropy import (
     DeltaTuner,
     TruncatedNormal,
@@ -13,6 +12,7 @@ from era_core.entropy import (
     tanh_gaussian_entropy,
     topk_logprobs,
 )
+from era_core.testing import cpu_and_cuda
 
 
 def naive_logprobs_and_entropy(logits, labels):
@@ -68,9 +68,11 @@ def test_logprobs_and_entropy_gradcheck():
 
 def test_logprobs_and_entropy_low_precision_input_gives_float32():
     logits = torch.randn(8, 50).bfloat16()
-    logprobs, entropy = logprobs_and_entropy(logits, torch.randint(0, 50, (8,)), 3)
+    labels = torch.randint(0, 50, (8,))
+    logprobs, entropy = logprobs_and_entropy(logits, labels, 3)
     assert logprobs.dtype == entropy.dtype == torch.float32
-    ref_logprobs, ref_entropy = naive_logprobs_and_entropy(logits.float(), torch.zeros(8, dtype=torch.long))
+    ref_logprobs, ref_entropy = naive_logprobs_and_entropy(logits.float(), labels)
+    torch.testing.assert_close(logprobs, ref_logprobs.float())
     torch.testing.assert_close(entropy, ref_entropy.float())
 
 
@@ -109,7 +111,9 @@ def test_linear_logprobs_and_entropy_gradcheck():
 
 def test_linear_refuses_mismatched_width():
     with pytest.raises(ValueError, match="last dim"):
-        linear_logprobs_and_entropy(torch.randn(2, 3), torch.randn(5, 4), torch.zeros(2, dtype=torch.long))
+        linear_logprobs_and_entropy(
+            torch.randn(2, 3), torch.randn(5, 4), torch.zeros(2, dtype=torch.long)
+        )
 
 
 def test_chunk_size_must_be_positive():
@@ -125,15 +129,22 @@ def test_topk_logprobs():
     expected_out = 0.0 - torch.logsumexp(torch.tensor([3.0, 2.0, 0.0]), 0)
     torch.testing.assert_close(out, torch.stack([expected_in, expected_out]))
     full = topk_logprobs(logits, labels, k=4)
-    torch.testing.assert_close(full, torch.log_softmax(logits, -1).gather(-1, labels[:, None]).squeeze(-1))
+    torch.testing.assert_close(
+        full, torch.log_softmax(logits, -1).gather(-1, labels[:, None]).squeeze(-1)
+    )
     with pytest.raises(ValueError, match="k must be"):
         topk_logprobs(logits, labels, k=5)
 
 
 def test_tanh_gaussian_entropy_estimate():
     # Small std at 0: tanh is nearly the identity, so the estimate is close to the Gaussian's.
-    mean, log_std = torch.zeros(2, 3, dtype=torch.float64), torch.full((2, 3), -6.0, dtype=torch.float64)
-    torch.testing.assert_close(tanh_gaussian_entropy(mean, log_std, 16), gaussian_entropy(log_std), atol=1e-4, rtol=0)
+    mean, log_std = (
+        torch.zeros(2, 3, dtype=torch.float64),
+        torch.full((2, 3), -6.0, dtype=torch.float64),
+    )
+    torch.testing.assert_close(
+        tanh_gaussian_entropy(mean, log_std, 16), gaussian_entropy(log_std), atol=1e-4, rtol=0
+    )
     # A saturated mean loses entropy: the squashed distribution is much narrower.
     far = tanh_gaussian_entropy(mean + 3.0, log_std, 16)
     assert (far < gaussian_entropy(log_std) - 3 * 4.0).all()
@@ -146,14 +157,21 @@ def test_tanh_gaussian_entropy_estimate():
     exact = torch.trapezoid(integrand, y)
     gen = torch.Generator().manual_seed(0)
     estimate = tanh_gaussian_entropy(
-        torch.tensor([[m]], dtype=torch.float64), torch.tensor([[math.log(s)]], dtype=torch.float64), 200_000, gen
+        torch.tensor([[m]], dtype=torch.float64),
+        torch.tensor([[math.log(s)]], dtype=torch.float64),
+        200_000,
+        gen,
     )
     assert estimate.item() == pytest.approx(exact.item(), abs=5e-3)
 
 
-@pytest.mark.parametrize(("loc", "scale"), [(0.0, 0.5), (0.9, 0.3), (-0.99, 2.0), (1.0, 1e-3), (0.5, 0.05)])
+@pytest.mark.parametrize(
+    ("loc", "scale"), [(0.0, 0.5), (0.9, 0.3), (-0.99, 2.0), (1.0, 1e-3), (0.5, 0.05)]
+)
 def test_truncated_normal_density_entropy_mean_and_samples(loc, scale):
-    dist = TruncatedNormal(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+    dist = TruncatedNormal(
+        torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64)
+    )
     x = torch.linspace(-1, 1, 200_001, dtype=torch.float64)
     density = dist.log_prob(x).exp()
     assert torch.trapezoid(density, x).item() == pytest.approx(1.0, abs=1e-4)
@@ -171,7 +189,9 @@ def test_truncated_normal_rsample_is_differentiable_and_outside_has_zero_density
     dist = TruncatedNormal(loc, scale)
     (dist.rsample((64,)).sum() + dist.entropy().sum()).backward()
     assert torch.isfinite(loc.grad).all() and torch.isfinite(scale.grad).all()
-    assert torch.isneginf(TruncatedNormal(0.0, 1.0, validate_args=False).log_prob(torch.tensor(1.5)))
+    assert torch.isneginf(
+        TruncatedNormal(0.0, 1.0, validate_args=False).log_prob(torch.tensor(1.5))
+    )
     with pytest.raises(ValueError, match="support"):
         TruncatedNormal(0.0, 1.0).log_prob(torch.tensor(1.5))
     with pytest.raises(ValueError, match="low"):
@@ -200,3 +220,10 @@ def test_constant_delta_and_errors():
         DeltaTuner(1.0, init_delta=0.0, learnable=True)
     with pytest.raises(ValueError, match="init_delta"):
         DeltaTuner(1.0, init_delta=-0.1)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_truncated_normal_runs_on(device):
+    dist = TruncatedNormal(torch.zeros(8, device=device), torch.full((8,), 0.5, device=device))
+    sample = dist.rsample((4,))
+    assert sample.device.type == device and torch.isfinite(dist.log_prob(sample)).all()

@@ -2,12 +2,11 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from era_core.entropy import gaussian_entropy
 from era_core.functional import gaussian_era
 from era_core.nn import GaussianERA
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 UNIT = 0.5 * math.log(2 * math.pi * math.e)
 
@@ -25,7 +24,10 @@ def test_entropy_is_exact_unclipped_and_higher_when_clipped(dim, batch, scale, f
     max_entropy = dim * (log_std_max + UNIT)
     # Targets from well below the clip region up to just under the maximum.
     target = max_entropy - (1 - frac) * dim * 12.0
-    raw = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
+    raw = (
+        torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        * scale
+    )
     log_std = gaussian_era(raw, target, log_std_min, log_std_max)
     entropy = gaussian_entropy(log_std)
     unclipped = log_std_max + (target - dim * (UNIT + log_std_max)) * raw.softmax(-1)

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-
 from era_core.entropy import categorical_entropy
 from era_core.functional import response_entropy, token_era, token_era_scale
 
@@ -34,11 +33,15 @@ def test_response_entropy_refuses_bad_fraction():
 
 
 def test_token_era_branches_by_hand():
-    logits = torch.tensor([[[1.0, -1.0]], [[1.0, -1.0]], [[1.0, -1.0]], [[1.0, -1.0]], [[2.0, 0.0]]])
+    logits = torch.tensor(
+        [[[1.0, -1.0]], [[1.0, -1.0]], [[1.0, -1.0]], [[1.0, -1.0]], [[2.0, 0.0]]]
+    )
     entropy = torch.tensor([0.1, 5.0, 1.0, 0.1, 5.0])
     advantages = torch.tensor([[1.0], [1.0], [1.0], [-1.0], [0.0]])
     logits_before, advantages_before = logits.clone(), advantages.clone()
-    new_logits, new_advantages = token_era(logits, entropy, advantages, omega_low=0.45, omega_high=3.0, k=2.0)
+    new_logits, new_advantages = token_era(
+        logits, entropy, advantages, omega_low=0.45, omega_high=3.0, k=2.0
+    )
     # low entropy, A > 0: sharpen (k z, A / k); high entropy, A > 0: flatten (z / k, k A);
     # in between, or A <= 0: unchanged.
     torch.testing.assert_close(new_logits[0], 2.0 * logits[0])
@@ -92,7 +95,9 @@ def train_bandit(use_era: bool, steps: int = 600) -> list[float]:
         trace.append(entropy.mean().item())
         advantages = advantage[:, None].expand(group, length)
         if use_era:
-            logits, advantages = token_era(logits, entropy, advantages, omega_low=0.45, omega_high=3.0, k=2.0)
+            logits, advantages = token_era(
+                logits, entropy, advantages, omega_low=0.45, omega_high=3.0, k=2.0
+            )
         logprobs = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         loss = -(logprobs * advantages).mean()
         optimiser.zero_grad()

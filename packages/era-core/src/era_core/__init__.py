@@ -7,7 +7,13 @@
 
 from era_core import entropy, functional, nn, validation
 from era_core.entropy import DeltaTuner, TruncatedNormal
-from era_core.functional import gaussian_era, response_entropy, softmax_era, token_era, token_era_scale
+from era_core.functional import (
+    gaussian_era,
+    response_entropy,
+    softmax_era,
+    token_era,
+    token_era_scale,
+)
 from era_core.nn import GaussianERA, SoftmaxERA
 
 __version__ = "0.1.0"

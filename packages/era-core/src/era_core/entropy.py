@@ -1,6 +1,7 @@
 """Entropies, memory-lean log-prob/entropy passes for large vocabularies, and bounded-action helpers."""
 
 import math
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -45,14 +46,14 @@ def tanh_gaussian_entropy(
     Shape: ``(*batch, D) -> (*batch,)``.
     """
     check_range("num_samples", num_samples, 1)
-    mean, log_std = torch.broadcast_tensors(mean, log_std)
+    shape = cast(torch.Size, torch.broadcast_shapes(mean.shape, log_std.shape))  # pyright: ignore[reportUnknownMemberType]
     noise = torch.randn(
-        (num_samples, *mean.shape), dtype=mean.dtype, device=mean.device, generator=generator
+        (num_samples, *shape), dtype=mean.dtype, device=mean.device, generator=generator
     )
     u = mean + log_std.exp() * noise
     # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), stable for large |u|.
     log_det = 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))
-    return gaussian_entropy(log_std) + log_det.sum(-1).mean(0)
+    return gaussian_entropy(log_std.expand(shape)) + log_det.sum(-1).mean(0)
 
 
 class TruncatedNormal(Distribution):
@@ -64,7 +65,7 @@ class TruncatedNormal(Distribution):
     normal CDF keeps its precision.
     """
 
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}  # noqa: RUF012
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}  # type: ignore[assignment]  # noqa: RUF012
     has_rsample = True
 
     def __init__(
@@ -75,16 +76,19 @@ class TruncatedNormal(Distribution):
         high: float = 1.0,
         validate_args: bool | None = None,
     ) -> None:
-        check_range("low", low, None, high, high_inclusive=False, why=f"must be below high={high:g}")
-        self.loc, self.scale = broadcast_all(loc, scale)
+        check_range(
+            "low", low, None, high, high_inclusive=False, why=f"must be below high={high:g}"
+        )
+        broadcast: tuple[Tensor, Tensor] = broadcast_all(loc, scale)  # pyright: ignore[reportAssignmentType]
+        self.loc, self.scale = broadcast
         self.low, self.high = low, high
         alpha, beta = (low - self.loc) / self.scale, (high - self.loc) / self.scale
         self._alpha, self._beta = alpha, beta
         self._flip = alpha > 0
         self._lo = torch.where(self._flip, -beta, alpha)
         self._hi = torch.where(self._flip, -alpha, beta)
-        self._cdf_lo = torch.special.ndtr(self._lo)
-        self._mass = torch.special.ndtr(self._hi) - self._cdf_lo
+        self._cdf_lo = _ndtr(self._lo)
+        self._mass = _ndtr(self._hi) - self._cdf_lo
         self._log_mass = torch.log(self._mass)
         super().__init__(self.loc.shape, validate_args=validate_args)
 
@@ -96,15 +100,18 @@ class TruncatedNormal(Distribution):
     @property
     def mean(self) -> Tensor:
         """``loc + scale * (phi(alpha) - phi(beta)) / Z``."""
-        return self.loc + self.scale * (_std_normal_pdf(self._alpha) - _std_normal_pdf(self._beta)) / self._mass
+        return (
+            self.loc
+            + self.scale * (_std_normal_pdf(self._alpha) - _std_normal_pdf(self._beta)) / self._mass
+        )
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:  # type: ignore[override]
         """Reparametrised sample by the inverse CDF."""
         shape = self._extended_shape(torch.Size(sample_shape))
         u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
         # Keep the quantile strictly inside (0, 1): ndtri(0) = -inf.
         tiny = torch.finfo(self.loc.dtype).tiny
-        standard = torch.special.ndtri((self._cdf_lo + u * self._mass).clamp(min=tiny, max=1 - 1e-7))
+        standard = _ndtri((self._cdf_lo + u * self._mass).clamp(min=tiny, max=1 - 1e-7))
         standard = torch.where(self._flip, -standard, standard)
         return (self.loc + self.scale * standard).clamp(self.low, self.high)
 
@@ -120,7 +127,20 @@ class TruncatedNormal(Distribution):
     def entropy(self) -> Tensor:
         """Closed form: ``log(sqrt(2*pi*e) * scale * Z) + (alpha*phi(alpha) - beta*phi(beta)) / (2Z)``."""
         tail = self._alpha * _std_normal_pdf(self._alpha) - self._beta * _std_normal_pdf(self._beta)
-        return _GAUSSIAN_UNIT_ENTROPY + torch.log(self.scale) + self._log_mass + tail / (2 * self._mass)
+        return (
+            _GAUSSIAN_UNIT_ENTROPY
+            + torch.log(self.scale)
+            + self._log_mass
+            + tail / (2 * self._mass)
+        )
+
+
+def _ndtr(x: Tensor) -> Tensor:
+    return cast(Tensor, torch.special.ndtr(x))  # pyright: ignore[reportUnknownMemberType]
+
+
+def _ndtri(p: Tensor) -> Tensor:
+    return cast(Tensor, torch.special.ndtri(p))  # pyright: ignore[reportUnknownMemberType]
 
 
 def _std_normal_pdf(x: Tensor) -> Tensor:
@@ -165,7 +185,7 @@ class DeltaTuner(nn.Module):
     @property
     def delta(self) -> Tensor:
         """Current delta, shape ``batch_shape``; carries gradient when learnable."""
-        return self.log_delta.exp() if self.learnable else self.constant_delta
+        return self.log_delta.exp() if self.learnable else self.get_buffer("constant_delta")
 
     @property
     def era_target(self) -> Tensor:
@@ -185,6 +205,7 @@ class DeltaTuner(nn.Module):
         return (self.delta * gap).sum()
 
     def extra_repr(self) -> str:
+        """Constructor arguments, for ``print(model)``."""
         return f"target_entropy={self.target_entropy:g}, learnable={self.learnable}"
 
 
@@ -196,12 +217,22 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _entropy_terms(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Float32 ``log p``, ``p`` and entropy of rows of logits; ``-inf`` logits are masked classes."""
-    log_p = torch.log_softmax(z.to(_compute_dtype(z)), dim=-1)
-    p = log_p.exp()
-    safe_log_p = log_p.masked_fill(torch.isneginf(log_p), 0.0)
-    return safe_log_p, p, -(p * safe_log_p).sum(-1)
+def _softmax_terms(z: Tensor, lse: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``log p``, ``p`` and the row log-sum-exp of logits, in float32 or higher.
+
+    ``-inf`` logits are masked classes: their ``log p`` is clamped to the dtype's lowest
+    finite value, so ``p * log p`` and the gradients stay 0 instead of NaN. Passing the
+    forward pass's ``lse`` skips the reduction in the backward recomputation.
+    """
+    z = z.to(_compute_dtype(z))
+    if lse is None:
+        lse = torch.logsumexp(z, dim=-1)
+    log_p = (z - lse.unsqueeze(-1)).clamp_(min=torch.finfo(z.dtype).min)
+    return log_p, log_p.exp(), lse
+
+
+def _entropy(log_p: Tensor, p: Tensor) -> Tensor:
+    return -(p * log_p).sum(-1)
 
 
 def categorical_entropy(logits: Tensor, dim: int = -1, chunk_size: int | None = None) -> Tensor:
@@ -215,7 +246,8 @@ def categorical_entropy(logits: Tensor, dim: int = -1, chunk_size: int | None = 
     """
     z = logits.movedim(dim, -1)
     if chunk_size is None:
-        return _entropy_terms(z)[2]
+        log_p, p, _ = _softmax_terms(z)
+        return _entropy(log_p, p)
     labels = torch.zeros(z.shape[:-1], dtype=torch.long, device=z.device)
     return logprobs_and_entropy(z, labels, chunk_size)[1]
 
@@ -228,7 +260,12 @@ def _auto_chunk(vocab: int, chunk_size: int | None) -> int:
 
 
 def _logprob_entropy_grad(
-    log_p: Tensor, p: Tensor, entropy: Tensor, labels: Tensor, grad_logprob: Tensor, grad_entropy: Tensor
+    log_p: Tensor,
+    p: Tensor,
+    entropy: Tensor,
+    labels: Tensor,
+    grad_logprob: Tensor,
+    grad_entropy: Tensor,
 ) -> Tensor:
     """Gradient w.r.t. logits of ``log p[label]`` and entropy, both from the same softmax.
 
@@ -243,26 +280,27 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
     """Per-row log-prob of a label and entropy; backward recomputes the softmax chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, chunk: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(ctx: Any, logits: Tensor, labels: Tensor, chunk: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         logprobs = torch.empty(labels.shape, dtype=_compute_dtype(logits), device=logits.device)
-        entropy = torch.empty_like(logprobs)
+        entropy, lse = torch.empty_like(logprobs), torch.empty_like(logprobs)
         for start in range(0, labels.shape[0], chunk):
             rows = slice(start, start + chunk)
-            log_p, _, entropy[rows] = _entropy_terms(logits[rows])
+            log_p, p, lse[rows] = _softmax_terms(logits[rows])
+            entropy[rows] = _entropy(log_p, p)
             logprobs[rows] = log_p.gather(-1, labels[rows].unsqueeze(-1)).squeeze(-1)
-        ctx.save_for_backward(logits, labels)
+        ctx.save_for_backward(logits, labels, entropy, lse)
         ctx.chunk = chunk
         return logprobs, entropy
 
     @staticmethod
-    def backward(ctx, grad_logprob: Tensor, grad_entropy: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        logits, labels = ctx.saved_tensors
+    def backward(ctx: Any, grad_logprob: Tensor, grad_entropy: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        logits, labels, entropy, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
         for start in range(0, labels.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
-            log_p, p, entropy = _entropy_terms(logits[rows])
+            log_p, p, _ = _softmax_terms(logits[rows], lse[rows])
             grad[rows] = _logprob_entropy_grad(
-                log_p, p, entropy, labels[rows], grad_logprob[rows], grad_entropy[rows]
+                log_p, p, entropy[rows], labels[rows], grad_logprob[rows], grad_entropy[rows]
             )
         return grad, None, None
 
@@ -296,46 +334,53 @@ class _LinearLogprobEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, hidden: Tensor, weight: Tensor, labels: Tensor, scale: Tensor | None, chunk: int
+        ctx: Any, hidden: Tensor, weight: Tensor, labels: Tensor, scale: Tensor | None, chunk: int
     ) -> tuple[Tensor, Tensor]:
         logprobs = torch.empty(labels.shape, dtype=_compute_dtype(hidden), device=hidden.device)
-        entropy = torch.empty_like(logprobs)
+        entropy, lse, scaled_lse = (torch.empty_like(logprobs) for _ in range(3))
         for start in range(0, labels.shape[0], chunk):
             rows = slice(start, start + chunk)
             logits = hidden[rows] @ weight.T
-            _, _, entropy[rows] = _entropy_terms(logits)
+            log_p, p, lse[rows] = _softmax_terms(logits)
+            entropy[rows] = _entropy(log_p, p)
             if scale is not None:
-                logits = logits.to(entropy.dtype) * scale[rows].unsqueeze(-1)
-            log_p = torch.log_softmax(logits.to(entropy.dtype), dim=-1)
+                log_p, _, scaled_lse[rows] = _softmax_terms(
+                    logits.to(scale.dtype) * scale[rows, None]
+                )
             logprobs[rows] = log_p.gather(-1, labels[rows].unsqueeze(-1)).squeeze(-1)
-        ctx.save_for_backward(hidden, weight, labels, scale)
+        ctx.save_for_backward(hidden, weight, labels, scale, entropy, lse, scaled_lse)
         ctx.chunk = chunk
         return logprobs, entropy
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx, grad_logprob: Tensor, grad_entropy: Tensor
+        ctx: Any, grad_logprob: Tensor, grad_entropy: Tensor
     ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
-        hidden, weight, labels, scale = ctx.saved_tensors
+        hidden, weight, labels, scale, entropy, lse, scaled_lse = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        # Accumulate the weight gradient over chunks in float32, cast once at the end.
-        grad_weight = torch.zeros_like(weight, dtype=_compute_dtype(weight)) if ctx.needs_input_grad[1] else None
-        zeros = torch.zeros_like(grad_logprob)
+        # Accumulate the weight gradient over chunks in float32 (or float64), cast once at the end.
+        wants_weight = ctx.needs_input_grad[1]
+        grad_weight = (
+            torch.zeros_like(weight, dtype=_compute_dtype(weight)) if wants_weight else None
+        )
+        no_grad = torch.zeros_like(grad_logprob)
         for start in range(0, labels.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
             logits = hidden[rows] @ weight.T
-            log_p, p, entropy = _entropy_terms(logits)
+            log_p, p, _ = _softmax_terms(logits, lse[rows])
             if scale is None:
                 grad = _logprob_entropy_grad(
-                    log_p, p, entropy, labels[rows], grad_logprob[rows], grad_entropy[rows]
+                    log_p, p, entropy[rows], labels[rows], grad_logprob[rows], grad_entropy[rows]
                 )
             else:
                 # Entropy of the original logits, log-prob of the scaled ones (dz'/dz = scale).
-                s = scale[rows].unsqueeze(-1)
-                grad = _logprob_entropy_grad(log_p, p, entropy, labels[rows], zeros[rows], grad_entropy[rows])
-                log_q, q, h_q = _entropy_terms(logits.to(s.dtype) * s)
+                s = scale[rows, None]
+                grad = _logprob_entropy_grad(
+                    log_p, p, entropy[rows], labels[rows], no_grad[rows], grad_entropy[rows]
+                )
+                log_q, q, _ = _softmax_terms(logits.to(s.dtype) * s, scaled_lse[rows])
                 grad += s * _logprob_entropy_grad(
-                    log_q, q, h_q, labels[rows], grad_logprob[rows], zeros[rows]
+                    log_q, q, entropy[rows], labels[rows], grad_logprob[rows], no_grad[rows]
                 )
             if grad_hidden is not None:
                 grad_hidden[rows] = grad.to(weight.dtype) @ weight
@@ -372,9 +417,13 @@ def linear_logprobs_and_entropy(
     """
     vocab, width = lm_head_weight.shape
     if hidden.shape[-1] != width:
-        raise ValueError(f"hidden's last dim ({hidden.shape[-1]}) must equal lm_head_weight's ({width})")
+        raise ValueError(
+            f"hidden's last dim ({hidden.shape[-1]}) must equal lm_head_weight's ({width})"
+        )
     chunk = _auto_chunk(vocab, chunk_size)
-    scale = None if logit_scale is None else logit_scale.detach().reshape(-1).to(_compute_dtype(hidden))
+    scale = (
+        None if logit_scale is None else logit_scale.detach().reshape(-1).to(_compute_dtype(hidden))
+    )
     logprobs, entropy = _LinearLogprobEntropy.apply(
         hidden.reshape(-1, width), lm_head_weight, labels.reshape(-1), scale, chunk
     )

@@ -12,7 +12,9 @@ __all__ = ["GaussianERA", "SoftmaxERA"]
 class GaussianERA(nn.Module):
     """Raw scale -> log-std with Gaussian entropy >= ``target_entropy``; see ``gaussian_era``."""
 
-    def __init__(self, target_entropy: float, log_std_min: float = -8.0, log_std_max: float = 0.0) -> None:
+    def __init__(
+        self, target_entropy: float, log_std_min: float = -8.0, log_std_max: float = 0.0
+    ) -> None:
         super().__init__()
         check_range("log_std_min", log_std_min, None, log_std_max, high_inclusive=False)
         self.target_entropy = target_entropy
@@ -25,6 +27,7 @@ class GaussianERA(nn.Module):
         return F.gaussian_era(raw_scale, target, self.log_std_min, self.log_std_max)
 
     def extra_repr(self) -> str:
+        """Constructor arguments, for ``print(model)``."""
         return (
             f"target_entropy={self.target_entropy:g}, "
             f"log_std_min={self.log_std_min:g}, log_std_max={self.log_std_max:g}"
@@ -35,7 +38,11 @@ class SoftmaxERA(nn.Module):
     """Logits -> logits whose softmax has entropy >= ``min_entropy``; see ``softmax_era``."""
 
     def __init__(
-        self, min_entropy: float, tau: float = 4.0, calibration: Calibration = "paper", dim: int = -1
+        self,
+        min_entropy: float,
+        tau: float = 4.0,
+        calibration: Calibration = "paper",
+        dim: int = -1,
     ) -> None:
         super().__init__()
         if calibration not in ("paper", "tight"):
@@ -51,4 +58,5 @@ class SoftmaxERA(nn.Module):
         return F.softmax_era(logits, self.min_entropy, self.tau, self.calibration, self.dim)
 
     def extra_repr(self) -> str:
+        """Constructor arguments, for ``print(model)``."""
         return f"min_entropy={self.min_entropy:g}, tau={self.tau:g}, calibration={self.calibration!r}, dim={self.dim}"

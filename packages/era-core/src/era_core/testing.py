@@ -1,21 +1,30 @@
 """Test helpers shared by the ERA packages (import only from tests; needs pytest)."""
 
+import os
 from typing import Any
 
+import pytest
 import torch
 
-__all__ = ["cpu_and_cuda", "cuda_required"]
+__all__ = ["apply_gpu_policy", "cpu_and_cuda"]
 
 
 def cpu_and_cuda() -> tuple[Any, ...]:
     """Device parameters: ``"cpu"`` and ``"cuda"`` marked ``gpu`` (torchvision's ``cpu_and_cuda``)."""
-    import pytest
-
     return ("cpu", pytest.param("cuda", marks=pytest.mark.gpu))
 
 
-def cuda_required() -> bool:
-    """Whether a missing GPU must fail the run (``ERA_REQUIRE_GPU=1``) instead of skipping it."""
-    import os
+def apply_gpu_policy(items: list[pytest.Item]) -> None:
+    """Skip ``gpu``-marked tests without CUDA; with ``ERA_REQUIRE_GPU=1``, fail the run instead.
 
-    return os.environ.get("ERA_REQUIRE_GPU") == "1" and not torch.cuda.is_available()
+    Call it from a package's ``pytest_collection_modifyitems`` hook, so a misconfigured
+    GPU runner cannot pass by skipping everything.
+    """
+    if torch.cuda.is_available():
+        return
+    if os.environ.get("ERA_REQUIRE_GPU") == "1":
+        raise pytest.UsageError("ERA_REQUIRE_GPU=1 but CUDA is not available")
+    skip = pytest.mark.skip(reason="CUDA is not available")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
