@@ -48,7 +48,11 @@ def tests(session: nox.Session, package: str, device: str) -> None:
     """Run one package's tests on one device (cpu: `-m "not gpu"`, gpu: `-m gpu`)."""
     sync(session, package, "test")
     session.run(
-        "pytest", f"packages/{package}/tests", "-m", DEVICES[device], *session.posargs,
+        "pytest",
+        f"packages/{package}/tests",
+        "-m",
+        DEVICES[device],
+        *session.posargs,
         # A package may have no GPU tests: pytest then collects nothing and exits 5.
         success_codes=[0, 5] if device == "gpu" else [0],
     )

@@ -9,6 +9,7 @@ import argparse
 
 import torch
 from _harness import default_device, print_table, time_alternating, write_json
+
 from era_core.functional import gaussian_era, softmax_era
 
 TARGET = 3.0

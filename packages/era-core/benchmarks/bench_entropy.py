@@ -18,6 +18,7 @@ import time
 
 import torch
 from _harness import default_device, print_table, synchronize, write_json
+
 from era_core.entropy import linear_logprobs_and_entropy, logprobs_and_entropy
 
 VOCAB = 151_936

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from era_core.entropy import (
     DeltaTuner,
     TruncatedNormal,

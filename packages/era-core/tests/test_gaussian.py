@@ -2,11 +2,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from era_core.entropy import gaussian_entropy
 from era_core.functional import gaussian_era
 from era_core.nn import GaussianERA
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 UNIT = 0.5 * math.log(2 * math.pi * math.e)
 

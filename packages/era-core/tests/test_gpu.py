@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from era_core.entropy import linear_logprobs_and_entropy, logprobs_and_entropy
 from era_core.functional import gaussian_era, softmax_era, token_era
 

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from era_core.entropy import categorical_entropy
 from era_core.functional import response_entropy, token_era, token_era_scale
 

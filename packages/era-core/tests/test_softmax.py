@@ -3,11 +3,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from era_core.entropy import categorical_entropy
 from era_core.functional import h_inverse, softmax_era, softmax_era_bounds, tight_constant
 from era_core.nn import SoftmaxERA
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
