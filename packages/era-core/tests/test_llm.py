@@ -56,6 +56,13 @@ def test_token_era_branches_by_hand():
     assert unscaled.data_ptr() != advantages.data_ptr()
 
 
+def test_token_era_gradcheck():
+    logits = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    entropy = torch.tensor([0.1, 1.0, 5.0], dtype=torch.float64)
+    advantages = torch.randn(3, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda z: token_era(z, entropy, advantages)[0], (logits,))
+
+
 def test_token_era_scale_broadcasts_per_sequence_and_per_token():
     entropy = torch.tensor([0.1, 5.0])
     scale, _ = token_era_scale(entropy, torch.tensor([[1.0, -1.0, 2.0], [1.0, 1.0, -3.0]]))

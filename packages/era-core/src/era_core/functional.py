@@ -59,6 +59,8 @@ def gaussian_era(
     Raises:
         ValueError: ``log_std_min >= log_std_max`` or the target exceeds the maximum entropy
             ``D * (log_std_max + log(sqrt(2*pi*e)))``.
+
+    A NaN in a row of ``raw_scale`` gives NaN log-stds in that row (no check on the hot path).
     """
     check_range(
         "log_std_min",
@@ -317,7 +319,7 @@ def response_entropy(token_entropy: Tensor, mask: Tensor, top_frac: float = 0.2)
         top_frac: Fraction of tokens to average, in ``(0, 1]``.
 
     Returns:
-        Shape ``(batch,)``, dtype of ``token_entropy``.
+        Shape ``(batch,)``, dtype of ``token_entropy``. NaN entropies of valid tokens propagate.
     """
     check_range("top_frac", top_frac, 0.0, 1.0, low_inclusive=False)
     mask = mask.bool()
