@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from era_control import rng
 from era_control.buffers import ReplayBuffer
 

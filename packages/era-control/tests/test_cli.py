@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 import yaml
-from era_control import checkpoint, sac
+
+from era_control import checkpoint
 from era_control.cli import main
 
 TINY = [
@@ -168,11 +169,35 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, dis
     assert (run_dir / "metrics.csv").read_text().count("eval/return") == 2 * 2
 
 
-def test_sac_module_interrupt_signal_is_real(tmp_path):
+def test_stop_signal_catches_a_real_sigint():
     """The stop flag is set by an actual SIGINT and the handlers are restored afterwards."""
     before = signal.getsignal(signal.SIGINT)
     with checkpoint.StopSignal() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested and stop.exit_code == 130
     assert signal.getsignal(signal.SIGINT) is before
-    assert sac.SACConfig.__dataclass_fields__["steps"].metadata["help"]
+
+
+@pytest.mark.gpu
+def test_train_interrupt_and_resume_on_cuda(tmp_path, monkeypatch):
+    flags = ["--env", "Pendulum-v1", "--seeds", "2", "--device", "cuda", "--checkpoint-every", "70"]
+    monkeypatch.setattr(checkpoint, "StopSignal", lambda: InterruptAfter(checks=150))
+    code, run_dir = train(tmp_path, "gpu", *flags)
+    assert code == 130
+    monkeypatch.undo()
+    assert main(["train", "sac", "--resume", str(run_dir)]) == 0
+    state = checkpoint.load(run_dir / "checkpoint.pt")
+    assert state["step"] == 300
+    assert all(torch.isfinite(v).all() for v in state["agent"].values())
+
+
+def test_demo_writes_curves_and_table(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert (
+        main(["demo", "--out", str(out), "--env", "Pendulum-v1", "--steps", "200", "--seeds", "1"])
+        == 0
+    )
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"SAC-ERA", "SAC"}
+    assert "SAC-ERA" in capsys.readouterr().out

@@ -2,10 +2,11 @@ import math
 
 import pytest
 import torch
+from torch.distributions import Normal, TanhTransform, TransformedDistribution
+
 from era_control import rng
 from era_control.distributions import TanhNormal, TruncatedTanhNormal
 from era_core.entropy import TruncatedNormal
-from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
 
 def test_tanh_normal_log_prob_matches_torch():

@@ -1,4 +1,5 @@
 import torch
+
 from era_control import rng
 from era_control.networks import EnsembleLinear, EnsembleMLP
 

@@ -16,9 +16,9 @@ from typing import Any, Literal, TypeVar, Union
 
 import torch
 import yaml
-from era_core.validation import check_range
 
 from era_control.envs import resolve_env_id
+from era_core.validation import check_range
 
 __all__ = [
     "RunConfig",

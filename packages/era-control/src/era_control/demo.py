@@ -24,7 +24,7 @@ def run(
         cfg = sac.SACConfig(
             env=env, steps=steps, seeds=seeds, era=era, out=str(out), run_name=label.lower(),
             learning_starts=min(1_000, steps // 4), eval_every=max(steps // 10, 1), log_every=max(steps // 20, 1),
-            hidden=(128, 128), threads=2, tensorboard=False,
+            hidden=(128, 128), tensorboard=False,
         )  # fmt: skip
         run_dir = start_run("sac", cfg)
         print(f"== {label}: {run_dir}")

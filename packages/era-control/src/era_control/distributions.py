@@ -12,12 +12,20 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
-from era_core.entropy import TruncatedNormal, gaussian_entropy
 from torch import Tensor, nn
 
 from era_control import rng
+from era_core.entropy import TruncatedNormal, gaussian_entropy
 
-__all__ = ["DISTRIBUTIONS", "ActionSample", "DistributionName", "TanhNormal", "TruncatedTanhNormal"]
+__all__ = [
+    "DISTRIBUTIONS",
+    "ActionSample",
+    "DistributionName",
+    "TanhNormal",
+    "TruncatedTanhNormal",
+    "normal_log_prob",
+    "tanh_log_abs_det",
+]
 
 DistributionName = Literal["tanh_normal", "truncated_normal"]
 
@@ -43,11 +51,9 @@ class TanhNormal:
         """Reparametrised sample; entropy is the one-sample estimate ``-log pi(a)``."""
         noise = rng.randn(generators, self.mean.shape[1:], self.mean.device)
         u = self.mean + self.log_std.exp() * noise
-        # log pi(a) = log N(u) - sum log(1 - tanh(u)^2), with the stable form
-        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)).
-        log_det = 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))
+        # log pi(a) = log N(u) - sum log(1 - tanh(u)^2).
         log_normal = -0.5 * noise**2 - self.log_std - 0.5 * math.log(2 * math.pi)
-        log_prob = (log_normal - log_det).sum(-1)
+        log_prob = (log_normal - tanh_log_abs_det(u)).sum(-1)
         return ActionSample(torch.tanh(u), log_prob, -log_prob)
 
     def mode(self) -> Tensor:
@@ -86,6 +92,23 @@ class TruncatedTanhNormal:
     def gaussian_entropy(self) -> Tensor:
         """Entropy of the Gaussian before truncation (what ERA bounds), per state."""
         return gaussian_entropy(self.log_std)
+
+
+def tanh_log_abs_det(u: Tensor) -> Tensor:
+    """``log |d tanh(u) / du| = log(1 - tanh(u)^2)``, elementwise, stable for large ``|u|``.
+
+    Uses ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))``.
+    """
+    return 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))
+
+
+def normal_log_prob(value: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """Log-density of ``N(mean, diag(exp(log_std))^2)`` at ``value``, summed over the last dim.
+
+    Shape: ``(*batch, D) -> (*batch,)``.
+    """
+    z = (value - mean) * torch.exp(-log_std)
+    return (-0.5 * z**2 - log_std).sum(-1) - 0.5 * math.log(2 * math.pi) * value.shape[-1]
 
 
 DISTRIBUTIONS: dict[str, type[TanhNormal] | type[TruncatedTanhNormal]] = {

@@ -1,0 +1,103 @@
+"""The ERA entropy floor shared by SAC-ERA and PPO-ERA: target ``H0``, ``delta`` and its cap.
+
+ERA gives every state a Gaussian of entropy ``>= H0 + delta`` (method.md §1). ``H0`` is set
+per action dimension (the authors use 0.25 nats); ``delta >= 0`` compensates what squashing
+or truncation removes, and must keep ``H0 + delta`` below the Gaussian's maximum entropy
+``D * (log_std_max + log sqrt(2 pi e))``.
+"""
+
+import math
+
+import torch
+
+from era_core.entropy import DeltaTuner
+from era_core.validation import check_range
+
+__all__ = [
+    "ERA_TARGET_PER_DIM",
+    "UNIT_GAUSSIAN_ENTROPY",
+    "cap_delta_",
+    "check_target_entropy",
+    "delta_tuner",
+]
+
+UNIT_GAUSSIAN_ENTROPY = 0.5 * math.log(2 * math.pi * math.e)
+"""Entropy of a unit-variance 1-D Gaussian, ``log sqrt(2 pi e)``."""
+
+ERA_TARGET_PER_DIM = 0.25
+"""The authors' target entropy per action dimension, in nats."""
+
+# Margin that keeps H0 + delta strictly below the Gaussian's maximum entropy, per action dim.
+_MARGIN_PER_DIM = 1e-3
+
+
+def check_target_entropy(
+    per_dim: float, era: bool, log_std_max: float, bounded: bool = True
+) -> None:
+    """Refuse a per-dimension target entropy that the policy cannot reach.
+
+    Args:
+        per_dim: Target entropy per action dimension, in nats.
+        era: Whether the target is an ERA floor (then it must also be below the Gaussian's
+            maximum ``log_std_max + log sqrt(2 pi e)`` per dimension).
+        log_std_max: Upper bound of the Gaussian's log-std.
+        bounded: Whether the executed actions have a density on ``[-1, 1]`` (squashed or
+            truncated): no such density beats the uniform's ``log 2`` per dimension.
+
+    Raises:
+        ValueError: Naming ``target_entropy`` and the allowed range.
+    """
+    high, why = math.inf, ""
+    if bounded:
+        high, why = math.log(2.0), "per action dim: the maximum entropy of a policy on [-1, 1]"
+    if era and log_std_max + UNIT_GAUSSIAN_ENTROPY < high:
+        high = log_std_max + UNIT_GAUSSIAN_ENTROPY
+        why = f"per action dim: the maximum entropy of a Gaussian with log_std <= {log_std_max:g}"
+    if math.isfinite(high):
+        check_range("target_entropy", per_dim, None, high, high_inclusive=False, why=why)
+
+
+def delta_tuner(
+    target_entropy: float,
+    action_dim: int,
+    log_std_max: float,
+    delta_init: float,
+    learnable: bool,
+    seeds: int,
+    device: torch.device | str | None = None,
+) -> tuple[DeltaTuner, float]:
+    """One ``delta`` per seed, and the largest ``delta`` that keeps ``H0 + delta`` feasible.
+
+    Args:
+        target_entropy: ``H0`` in nats, total over action dims.
+        action_dim: Action dimensions ``D``.
+        log_std_max: Upper bound of the Gaussian's log-std.
+        delta_init: Initial (or constant) delta.
+        learnable: Learn delta (see :class:`era_core.entropy.DeltaTuner`).
+        seeds: Ensemble size; each seed gets its own delta.
+        device: Where delta lives.
+
+    Returns:
+        The tuner and the cap to project delta under after each step (:func:`cap_delta_`).
+
+    Raises:
+        ValueError: ``delta_init`` outside ``[0, cap]``.
+    """
+    max_entropy = action_dim * (log_std_max + UNIT_GAUSSIAN_ENTROPY)
+    max_delta = max_entropy - target_entropy - _MARGIN_PER_DIM * action_dim
+    check_range(
+        "delta_init",
+        delta_init,
+        0.0,
+        max_delta,
+        why=f"H0 + delta must stay below the Gaussian's maximum entropy {max_entropy:.4g}",
+    )
+    tuner = DeltaTuner(target_entropy, delta_init, learnable, (seeds,)).to(device)
+    return tuner, max_delta
+
+
+@torch.no_grad()
+def cap_delta_(tuner: DeltaTuner, max_delta: float) -> None:
+    """Project a learnt delta back under ``max_delta`` (after an optimiser step)."""
+    if tuner.learnable:
+        tuner.log_delta.clamp_(max=math.log(max_delta))

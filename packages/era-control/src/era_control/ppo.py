@@ -1,0 +1,566 @@
+"""PPO-ERA and PPO (clipped surrogate, GAE) for N seeds at once over gymnasium vector envs.
+
+PPO follows CleanRL's continuous-action PPO (Huang et al. 2022, "The 37 implementation details
+of PPO"): orthogonal init, GAE, per-minibatch advantage normalisation, clipped value loss,
+observation and reward normalisation, learning-rate annealing, gradient clipping. The two
+algorithms differ only in where the policy's log-std comes from:
+
+- **PPO**: a state-independent log-std parameter (CleanRL's ``actor_logstd``); the loss may
+  carry an entropy bonus ``-ent_coef * H`` (the classic regulariser; 0 by default as in CleanRL).
+- **PPO-ERA** (method.md §1): ``log_std = gaussian_era(raw, H0 + delta)``, so the Gaussian's
+  entropy is ``>= H0 + delta``. ``era_level=state``: ``raw`` is a second head of the actor
+  network (one floor-respecting std per state, ``GaussianERA``); ``era_level=batch``: ``raw``
+  is a state-independent parameter vector (the activation spreads a fixed entropy budget over
+  action dims). The loss has no entropy term.
+
+Seeds are a batched ensemble: seed ``s`` steps ``num_envs`` envs of one vector env, and owns
+its network members, generator (initial weights, action noise, minibatch order),
+observation/reward statistics and gradient-norm clip, so it trains as it would alone.
+"""
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from era_control import checkpoint, envs, rng
+from era_control.config import RunConfig, help_field, to_dict
+from era_control.distributions import normal_log_prob, tanh_log_abs_det
+from era_control.entropy_floor import (
+    ERA_TARGET_PER_DIM,
+    cap_delta_,
+    check_target_entropy,
+    delta_tuner,
+)
+from era_control.logging import Logger, progress_bar
+from era_control.networks import EnsembleLinear, EnsembleMLP
+from era_control.normalize import RewardScaler, RunningMeanStd
+from era_core.entropy import gaussian_entropy
+from era_core.nn import GaussianERA
+from era_core.validation import check_positive, check_range
+
+__all__ = ["PPO", "PRESETS", "PPOConfig", "Rollout", "build", "evaluation_policy", "gae", "train"]
+
+
+@dataclasses.dataclass
+class PPOConfig(RunConfig):
+    """``era-control train ppo``: PPO-ERA by default, PPO with ``--no-era``."""
+
+    era: bool = help_field(
+        True, "PPO-ERA (entropy floor by activation, no entropy bonus); --no-era: PPO"
+    )
+    era_level: Literal["state", "batch"] = help_field(
+        "state",
+        "ERA: state = GaussianERA on a per-state scale head of the actor; batch = a state-independent log-std vector through gaussian_era",
+    )
+    distribution: Literal["normal", "tanh_normal"] = help_field(
+        "normal",
+        "normal: Gaussian, actions clipped to [-1, 1] (CleanRL); tanh_normal: tanh-squashed Gaussian",
+    )
+    target_entropy: float | None = help_field(
+        None, f"ERA: target entropy PER ACTION DIM in nats (default: {ERA_TARGET_PER_DIM}, as SAC-ERA)"
+    )
+    learn_delta: bool | None = help_field(
+        None,
+        "ERA: learn delta, which makes up for entropy lost to tanh (default: with tanh_normal only)",
+    )
+    delta_init: float | None = help_field(
+        None, "ERA: initial (or fixed) delta in nats, total over action dims (default: 0.1 if learnt, else 0)"
+    )
+    entropy_lr: float = help_field(3e-4, "ERA: Adam learning rate of log-delta")
+    log_std_min: float = help_field(-8.0, "ERA: lower bound of the Gaussian's log-std")
+    log_std_max: float = help_field(0.0, "ERA: upper bound of the Gaussian's log-std")
+    log_std_init: float = help_field(0.0, "PPO: initial value of the state-independent log-std")
+    ent_coef: float = help_field(
+        0.0, "PPO: entropy bonus coefficient (the baseline regulariser; must be 0 with ERA)"
+    )
+    hidden: tuple[int, ...] = help_field((64, 64), "hidden layer widths of actor and critic")
+    activation: Literal["relu", "elu", "tanh"] = help_field("tanh", "hidden activation")
+    lr: float = help_field(3e-4, "Adam learning rate of actor and critic")
+    anneal_lr: bool = help_field(True, "decay the learning rate linearly to 0 over the run")
+    num_envs: int = help_field(1, "envs per seed, stepped together (sync)")
+    num_steps: int = help_field(2048, "steps per env in each rollout")
+    num_minibatches: int = help_field(
+        32, "minibatches per epoch; must divide num_envs * num_steps"
+    )
+    update_epochs: int = help_field(10, "passes over each rollout")
+    gamma: float = help_field(0.99, "discount factor")
+    gae_lambda: float = help_field(0.95, "GAE lambda")
+    clip_coef: float = help_field(0.2, "PPO ratio clip (and value clip) range")
+    clip_vloss: bool = help_field(True, "clip the value update around the rollout's values")
+    vf_coef: float = help_field(0.5, "value loss coefficient")
+    max_grad_norm: float = help_field(0.5, "gradient-norm clip, per seed")
+    norm_adv: bool = help_field(True, "normalise advantages within each minibatch")
+    normalize_obs: bool = help_field(True, "normalise observations by running statistics")
+    normalize_reward: bool = help_field(
+        True, "scale rewards by the running std of the discounted return"
+    )
+    clip_obs: float = help_field(10.0, "bound of normalised observations")
+    clip_reward: float = help_field(10.0, "bound of scaled rewards")
+
+    def __post_init__(self) -> None:
+        """Validate; every error names the flag and its allowed range."""
+        super().__post_init__()
+        check_range(
+            "log_std_min",
+            self.log_std_min,
+            None,
+            self.log_std_max,
+            high_inclusive=False,
+            why=f"must be below log_std_max={self.log_std_max:g}",
+        )
+        if self.target_entropy is not None:
+            check_target_entropy(
+                self.target_entropy, self.era, self.log_std_max, self.distribution != "normal"
+            )
+        if self.learn_delta is None:
+            self.learn_delta = self.distribution == "tanh_normal"
+        if self.delta_init is None:
+            self.delta_init = 0.1 if self.learn_delta else 0.0
+        learnt = self.era and self.learn_delta
+        check_range("delta_init", self.delta_init, 0.0, low_inclusive=not learnt)
+        if self.era and self.ent_coef != 0.0:
+            raise ValueError(
+                f"ent_coef must be 0 with ERA (the activation replaces the entropy bonus), "
+                f"got {self.ent_coef:g}; use --no-era for PPO with an entropy bonus"
+            )
+        check_range("ent_coef", self.ent_coef, 0.0)
+        for name in ("entropy_lr", "lr", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward"):
+            check_positive(name, getattr(self, name))
+        check_range("vf_coef", self.vf_coef, 0.0)
+        check_range("gamma", self.gamma, 0.0, 1.0, high_inclusive=False)
+        check_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden must be one or more positive widths, got {self.hidden}")
+        for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs"):
+            check_range(name, getattr(self, name), 1)
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches must divide num_envs * num_steps = {self.batch_size}, "
+                f"got {self.num_minibatches}"
+            )
+        if self.norm_adv and self.minibatch_size < 2:
+            raise ValueError(
+                "norm_adv needs minibatches of >= 2 samples: num_envs * num_steps / "
+                f"num_minibatches = {self.minibatch_size}; lower num_minibatches or use --no-norm-adv"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        """Env steps per seed in one rollout."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        """Samples per seed in one gradient step."""
+        return self.batch_size // self.num_minibatches
+
+    def entropy_target(self, action_dim: int) -> float:
+        """ERA's ``H0`` in nats for an ``action_dim``-dim action space."""
+        per_dim = ERA_TARGET_PER_DIM if self.target_entropy is None else self.target_entropy
+        return per_dim * action_dim
+
+
+PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def _orthogonal_init_(mlp: EnsembleMLP, generators: Sequence[torch.Generator], gain: float) -> None:
+    """CleanRL's ``layer_init``: orthogonal weights (gain sqrt 2; ``gain`` for the output layer), zero biases."""
+    linears = [m for m in mlp if isinstance(m, EnsembleLinear)]
+    with torch.no_grad():
+        for i, layer in enumerate(linears):
+            g = gain if i == len(linears) - 1 else math.sqrt(2.0)
+            for m, gen in enumerate(generators):
+                nn.init.orthogonal_(layer.weight[m], g, generator=gen)
+            layer.bias.zero_()
+
+
+class PPO(nn.Module):
+    """Actor, critic, observation/reward statistics and (ERA) the entropy floor of N seeds.
+
+    Args:
+        cfg: The run's config.
+        generators: One generator per seed (initial weights and all sampling noise).
+        obs_dim: Observation size.
+        action_dim: Action size (actions live in ``[-1, 1]``).
+        device: Where parameters live.
+    """
+
+    def __init__(
+        self,
+        cfg: PPOConfig,
+        generators: list[torch.Generator],
+        obs_dim: int,
+        action_dim: int,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.generators, seeds = cfg, generators, len(generators)
+        self.state_level = cfg.era and cfg.era_level == "state"
+        heads = 2 * action_dim if self.state_level else action_dim
+        self.actor = EnsembleMLP(generators, obs_dim, cfg.hidden, heads, cfg.activation, False, device)
+        self.critic = EnsembleMLP(generators, obs_dim, cfg.hidden, 1, cfg.activation, False, device)
+        _orthogonal_init_(self.actor, generators, 0.01)  # near-zero mean: start centred
+        _orthogonal_init_(self.critic, generators, 1.0)
+        if not self.state_level:
+            # PPO: the log-std itself. Batch-level ERA: raw scale (zeros = equal split over dims).
+            init = 0.0 if cfg.era else cfg.log_std_init
+            self.log_std_param = nn.Parameter(torch.full((seeds, 1, action_dim), init, device=device))
+        if cfg.era:
+            self.target_entropy = cfg.entropy_target(action_dim)
+            self.era = GaussianERA(self.target_entropy, cfg.log_std_min, cfg.log_std_max)
+            self.delta, self.max_delta = delta_tuner(
+                self.target_entropy, action_dim, cfg.log_std_max, cfg.delta_init,
+                cfg.learn_delta, seeds, device,
+            )  # fmt: skip
+        self.obs_rms = RunningMeanStd(seeds, (obs_dim,), device)
+        self.reward_scaler = RewardScaler(seeds, cfg.num_envs, cfg.gamma, cfg.clip_reward, device)
+        params = [p for name, p in self.named_parameters() if not name.startswith("delta.")]
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)  # eps as CleanRL
+        learn_delta = cfg.era and cfg.learn_delta
+        self.delta_opt = (
+            torch.optim.Adam(self.delta.parameters(), lr=cfg.entropy_lr) if learn_delta else None
+        )
+
+    def normalize(self, obs: Tensor) -> Tensor:
+        """Observations as the networks see them (running statistics, no update)."""
+        if not self.cfg.normalize_obs:
+            return obs
+        return self.obs_rms.normalize(obs, self.cfg.clip_obs)
+
+    def policy(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Gaussian ``(mean, log_std)`` at normalised ``obs``, each ``(seeds, batch, action_dim)``."""
+        out = self.actor(obs)
+        if self.state_level:
+            mean, raw = out.chunk(2, dim=-1)
+            return mean, self.era(raw, self.delta.era_target.unsqueeze(-1))
+        if self.cfg.era:
+            log_std = self.era(self.log_std_param, self.delta.era_target.unsqueeze(-1))
+        else:
+            log_std = self.log_std_param
+        return out, log_std.expand_as(out)
+
+    def value(self, obs: Tensor) -> Tensor:
+        """``V(obs)``, shape ``(seeds, batch)``."""
+        return self.critic(obs).squeeze(-1)
+
+    def squash(self, u: Tensor) -> Tensor:
+        """Executed action in ``[-1, 1]`` for a Gaussian sample ``u``."""
+        return torch.tanh(u) if self.cfg.distribution == "tanh_normal" else u.clamp(-1.0, 1.0)
+
+    def executed_entropy(self, u: Tensor, log_prob: Tensor, log_std: Tensor) -> Tensor:
+        """Entropy of the executed policy per state: ``-log pi(tanh(u))`` (one-sample estimate)
+        for ``tanh_normal``; the Gaussian's own entropy for ``normal`` (its log-probs are PPO's)."""
+        if self.cfg.distribution == "tanh_normal":
+            return tanh_log_abs_det(u).sum(-1) - log_prob
+        return gaussian_entropy(log_std)
+
+    @torch.no_grad()
+    def act(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample at normalised ``obs``: ``(u, log N(u), V(obs))``; ``u`` is the Gaussian sample."""
+        mean, log_std = self.policy(obs)
+        u = mean + log_std.exp() * rng.randn(self.generators, mean.shape[1:], mean.device)
+        return u, normal_log_prob(u, mean, log_std), self.value(obs)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """Optimiser states, for checkpoints."""
+        opts = {"agent": self.opt, "delta": self.delta_opt}
+        return {k: o.state_dict() for k, o in opts.items() if o is not None}
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`optimizer_state`."""
+        self.opt.load_state_dict(state["agent"])
+        if self.delta_opt is not None:
+            self.delta_opt.load_state_dict(state["delta"])
+
+
+class Rollout(NamedTuple):
+    """One rollout per seed, each field shaped ``(seeds, batch, ...)`` (time and envs flattened).
+
+    ``u`` is the Gaussian sample (before clip or tanh), ``log_prob`` its log-density under the
+    policy that collected it, ``value`` that policy's ``V(obs)``.
+    """
+
+    obs: Tensor
+    u: Tensor
+    log_prob: Tensor
+    value: Tensor
+    advantage: Tensor
+    ret: Tensor
+
+
+def gae(
+    reward: Tensor, value: Tensor, done: Tensor, last_value: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimates and value targets (Schulman et al. 2016).
+
+    ``done[t]`` marks an episode that ended at step ``t``: nothing is bootstrapped through it
+    (time-limit truncations are bootstrapped in ``reward`` instead, by the caller).
+
+    Args:
+        reward: Shape ``(T, *batch)``.
+        value: ``V(s_t)``, shape ``(T, *batch)``.
+        done: Shape ``(T, *batch)``, 1.0 where the episode ended.
+        last_value: ``V(s_T)`` of the observation after the last step, shape ``batch``.
+        gamma: Discount.
+        lam: GAE lambda.
+
+    Returns:
+        ``(advantage, advantage + value)``, both ``(T, *batch)``.
+    """
+    advantage = torch.empty_like(reward)
+    next_advantage, next_value = torch.zeros_like(last_value), last_value
+    for t in reversed(range(reward.shape[0])):
+        live = 1.0 - done[t]
+        delta = reward[t] + gamma * live * next_value - value[t]
+        next_advantage = delta + gamma * lam * live * next_advantage
+        advantage[t], next_value = next_advantage, value[t]
+    return advantage, advantage + value
+
+
+def _clip_grad_norm_per_seed_(params: Sequence[Tensor], max_norm: float) -> Tensor:
+    """``clip_grad_norm_`` for each ensemble member separately (leading axis); returns the norms."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+    return norms
+
+
+def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
+    """``update_epochs`` passes of minibatch PPO over one rollout; returns per-seed means.
+
+    Each seed's minibatches come from its own generator; losses are averaged within a seed
+    and summed over seeds, so each seed gets exactly the gradient it would get alone.
+    """
+    cfg = agent.cfg
+    for group in agent.opt.param_groups:
+        group["lr"] = lr
+    params = [p for group in agent.opt.param_groups for p in group["params"]]
+    seeds, size = batch.log_prob.shape
+    member = torch.arange(seeds, device=batch.obs.device).unsqueeze(1)
+    totals: dict[str, Tensor] = {}
+    for _ in range(cfg.update_epochs):
+        order = torch.stack([torch.randperm(size, generator=g, device=batch.obs.device) for g in agent.generators])  # fmt: skip
+        for start in range(0, size, cfg.minibatch_size):
+            index = order[:, start : start + cfg.minibatch_size]
+            mb = Rollout(*(field[member, index] for field in batch))
+
+            # Clipped surrogate: max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = pi(u|s) / pi_old(u|s).
+            # With tanh the Jacobian of the squash cancels in r, so r is the Gaussian's ratio.
+            mean, log_std = agent.policy(mb.obs)
+            log_prob = normal_log_prob(mb.u, mean, log_std)
+            log_ratio = log_prob - mb.log_prob
+            ratio = log_ratio.exp()
+            advantage = mb.advantage
+            if cfg.norm_adv:
+                advantage = (advantage - advantage.mean(-1, keepdim=True)) / (advantage.std(-1, keepdim=True) + 1e-8)  # fmt: skip
+            clipped = ratio.clamp(1.0 - cfg.clip_coef, 1.0 + cfg.clip_coef)
+            policy_loss = torch.max(-advantage * ratio, -advantage * clipped).mean(-1)
+
+            # Value loss, optionally clipped around the rollout's values (CleanRL's clip_vloss).
+            value = agent.value(mb.obs)
+            value_loss = (value - mb.ret).pow(2)
+            if cfg.clip_vloss:
+                value_clipped = mb.value + (value - mb.value).clamp(-cfg.clip_coef, cfg.clip_coef)
+                value_loss = torch.max(value_loss, (value_clipped - mb.ret).pow(2))
+            value_loss = 0.5 * value_loss.mean(-1)
+
+            # PPO may add the entropy bonus; PPO-ERA never does (ent_coef = 0 is enforced).
+            entropy = gaussian_entropy(log_std)
+            loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy.mean(-1)
+            agent.opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            grad_norm = _clip_grad_norm_per_seed_(params, cfg.max_grad_norm)
+            agent.opt.step()
+
+            # ERA's delta grows while the executed policy's entropy is below H0 (as SAC-ERA).
+            executed = agent.executed_entropy(mb.u, log_prob.detach(), log_std.detach())
+            if agent.delta_opt is not None:
+                agent.delta_opt.zero_grad(set_to_none=True)
+                agent.delta.loss(executed).backward()
+                agent.delta_opt.step()
+                cap_delta_(agent.delta, agent.max_delta)
+
+            with torch.no_grad():
+                metrics = {
+                    "loss/policy": policy_loss, "loss/value": value_loss,
+                    "entropy/gaussian": entropy.mean(-1), "entropy/policy": executed.mean(-1),
+                    "ppo/approx_kl": ((ratio - 1.0) - log_ratio).mean(-1),
+                    "ppo/clipfrac": ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(-1),
+                    "ppo/grad_norm": grad_norm,
+                }  # fmt: skip
+                for key, value in metrics.items():
+                    totals[key] = totals.get(key, 0.0) + value.detach()
+    updates = cfg.update_epochs * cfg.num_minibatches
+    out = {key: value / updates for key, value in totals.items()}
+    residual = (batch.ret - batch.value).var(-1)
+    out["ppo/explained_variance"] = 1.0 - residual / batch.ret.var(-1)
+    if cfg.era:
+        out["era/delta"] = agent.delta.delta.detach()
+    return out
+
+
+def build(
+    cfg: PPOConfig, device: torch.device | None = None
+) -> tuple[PPO, Any, list[torch.Generator]]:
+    """The agent, training envs (``seeds * num_envs``, seed-major) and per-seed generators."""
+    device = device or cfg.torch_device()
+    generators = rng.generators(cfg.seed_list(), device)
+    train_envs = envs.make_vector_env(cfg.env, cfg.seeds * cfg.num_envs)
+    obs_dim = int(np.prod(train_envs.single_observation_space.shape))
+    action_dim = int(np.prod(train_envs.single_action_space.shape))
+    return PPO(cfg, generators, obs_dim, action_dim, device), train_envs, generators
+
+
+def _deterministic(agent: PPO, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """Evaluation policy ``obs (seeds, obs_dim) -> squash(mean)``, statistics frozen."""
+
+    @torch.no_grad()
+    def policy(observation: np.ndarray) -> np.ndarray:
+        obs = torch.as_tensor(observation, device=device).unsqueeze(1)
+        mean, _ = agent.policy(agent.normalize(obs))
+        return agent.squash(mean).squeeze(1).cpu().numpy()
+
+    return policy
+
+
+def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
+    """Train (or resume) a run in ``run_dir``; returns a process exit code.
+
+    A SIGINT/SIGTERM lets the current rollout and update finish (PPO's unit of work), then
+    saves a checkpoint and returns ``130``/``143``; ``resume=True`` continues from
+    ``run_dir/checkpoint.pt`` so that, on CPU, the parameters equal an uninterrupted run's.
+    """
+    run_dir = Path(run_dir)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = cfg.torch_device()
+    seeds, S, N, T = cfg.seed_list(), cfg.seeds, cfg.num_envs, cfg.num_steps
+    agent, train_envs, gens = build(cfg, device)
+    obs_dim, action_dim = agent.obs_rms.mean.shape[-1], agent.actor[-1].weight.shape[-1]
+    action_dim //= 2 if agent.state_level else 1
+    iterations = math.ceil(cfg.steps / cfg.batch_size)
+    step, iteration = 0, 0
+    episode_return, episode_length = np.zeros((S, N)), np.zeros((S, N), dtype=int)
+    if resume:
+        state = checkpoint.load(run_dir / "checkpoint.pt")  # RNG states must stay on the CPU
+        step, iteration, obs = state["step"], state["iteration"], state["obs"]
+        episode_return, episode_length = state["episode_return"], state["episode_length"]
+        agent.load_state_dict(state["agent"])
+        agent.load_optimizer_state(state["optimizers"])
+        for gen, gen_state in zip(gens, state["generators"], strict=True):
+            gen.set_state(gen_state)
+        rng.set_global_state(state["global_rng"])
+        train_envs.close()
+        train_envs = envs.restore_envs(state["envs"], cfg.env)
+    else:
+        # Env n of seed s resets with s * num_envs + n: a seed's envs do not depend on the others.
+        obs, _ = train_envs.reset(seed=[s * N + n for s in seeds for n in range(N)])
+        if cfg.normalize_obs:
+            agent.obs_rms.update(torch.as_tensor(obs, device=device).view(S, N, obs_dim))
+    eval_envs = envs.make_vector_env(cfg.env, S)
+    logger = Logger(run_dir, seeds, resume_step=step if resume else None, tensorboard=cfg.tensorboard)  # fmt: skip
+
+    def save() -> None:
+        checkpoint.save(run_dir / "checkpoint.pt", {
+            "step": step, "iteration": iteration, "obs": obs,
+            "episode_return": episode_return, "episode_length": episode_length,
+            "agent": agent.state_dict(), "optimizers": agent.optimizer_state(),
+            "generators": [g.get_state() for g in gens], "global_rng": rng.global_state(),
+            "envs": envs.snapshot_envs(train_envs), "config": to_dict(cfg),
+        })  # fmt: skip
+
+    # Rollout storage, (T, seeds, envs, ...); obs are stored normalised, as the networks saw them.
+    buf_obs = torch.empty(T, S, N, obs_dim, device=device)
+    buf_u = torch.empty(T, S, N, action_dim, device=device)
+    buf_log_prob, buf_value, buf_reward, buf_done = (torch.empty(T, S, N, device=device) for _ in range(4))  # fmt: skip
+
+    policy = _deterministic(agent, device)
+    last_eval, log_time, log_step = float("nan"), time.perf_counter(), step
+    with checkpoint.StopSignal() as stop, progress_bar(iterations * cfg.batch_size, step, run_dir.name) as bar:  # fmt: skip
+        while iteration < iterations and not stop.requested:
+            lr = cfg.lr * (1.0 - iteration / iterations) if cfg.anneal_lr else cfg.lr
+            x = agent.normalize(torch.as_tensor(obs, device=device).view(S, N, obs_dim))
+            for t in range(T):
+                u, log_prob, value = agent.act(x)
+                action = agent.squash(u).view(S * N, action_dim).cpu().numpy()
+                next_obs, reward, terminated, truncated, info = train_envs.step(action)
+                done = terminated | truncated
+                buf_obs[t], buf_u[t], buf_log_prob[t], buf_value[t] = x, u, log_prob, value
+                buf_done[t] = torch.as_tensor(done, device=device).view(S, N)
+
+                raw = torch.as_tensor(reward, device=device).view(S, N)
+                r = agent.reward_scaler(raw, buf_done[t].bool()) if cfg.normalize_reward else raw
+                next_t = torch.as_tensor(next_obs, device=device).view(S, N, obs_dim)
+                if cfg.normalize_obs:
+                    agent.obs_rms.update(next_t)
+                x = agent.normalize(next_t)
+                if (cut := truncated & ~terminated).any():
+                    # A time limit is not a terminal state: bootstrap V(final observation).
+                    final = envs.final_observations(next_obs, cut, info)
+                    final_t = torch.as_tensor(final, device=device).view(S, N, obs_dim)
+                    with torch.no_grad():
+                        bootstrap = agent.value(agent.normalize(final_t))
+                    r = r + cfg.gamma * bootstrap * torch.as_tensor(cut, device=device).view(S, N)
+                buf_reward[t] = r
+                obs = next_obs
+
+                episode_return += reward.reshape(S, N)
+                episode_length += 1
+                if done.any():
+                    finished = done.reshape(S, N)
+                    members = np.flatnonzero(finished.any(1))
+                    count = finished.sum(1)[members]
+                    logger.log(step + (t + 1) * N, {
+                        "charts/episodic_return": (episode_return * finished).sum(1)[members] / count,
+                        "charts/episodic_length": (episode_length * finished).sum(1)[members] / count,
+                    }, members)  # fmt: skip
+                    episode_return[finished], episode_length[finished] = 0.0, 0
+
+            with torch.no_grad():
+                advantage, ret = gae(buf_reward, buf_value, buf_done, agent.value(x), cfg.gamma, cfg.gae_lambda)  # fmt: skip
+            # (T, seeds, envs, ...) -> (seeds, T * envs, ...)
+            flat = lambda b: b.transpose(0, 1).reshape(S, T * N, *b.shape[3:])  # noqa: E731
+            batch = Rollout(*(flat(b) for b in (buf_obs, buf_u, buf_log_prob, buf_value, advantage, ret)))  # fmt: skip
+            metrics = update(agent, batch, lr)
+
+            previous, step, iteration = step, step + cfg.batch_size, iteration + 1
+            crossed = lambda every: step // every > previous // every  # noqa: E731
+            if crossed(cfg.log_every) or iteration == iterations:
+                now = time.perf_counter()  # env steps/s per seed since the last log row
+                rates = {"charts/sps": (step - log_step) / (now - log_time), "charts/learning_rate": lr}
+                logger.log(step, {**metrics, **rates})
+                log_time, log_step = now, step
+            if crossed(cfg.eval_every) or iteration == iterations:
+                returns = envs.evaluate(policy, eval_envs, [s + 100_000 for s in seeds], cfg.eval_episodes)  # fmt: skip
+                logger.log(step, {"eval/return": returns})
+                last_eval = float(returns.mean())
+            if crossed(cfg.checkpoint_every):
+                save()
+            bar.update(cfg.batch_size)
+            bar.set_postfix(eval_return=f"{last_eval:.1f}", refresh=False)
+        save()  # the final state, or where a signal stopped the loop
+    logger.close()
+    eval_envs.close()
+    train_envs.close()
+    if stop.requested:
+        print(f"stopped at step {step}; resume with: era-control train ppo --resume {run_dir}")
+    return stop.exit_code
+
+
+def evaluation_policy(
+    cfg: PPOConfig, state: dict[str, Any], device: torch.device
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The deterministic policy ``obs (seeds, obs_dim) -> actions`` stored in a checkpoint."""
+    agent, train_envs, _ = build(cfg, device)
+    train_envs.close()
+    agent.load_state_dict(state["agent"])
+    return _deterministic(agent, device)
