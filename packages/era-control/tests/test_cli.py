@@ -83,7 +83,8 @@ def test_config_file_then_flags(tmp_path):
 
 
 def test_eval_and_plot(tmp_path):
-    _, run_a = train(tmp_path, "a", "--env", "Pendulum-v1")
+    _, run_a = train(tmp_path, "a", "--env", "Pendulum-v1", "--tensorboard")
+    assert list((run_a / "tb" / "seed_0").glob("events.out.tfevents.*"))
     _, run_b = train(tmp_path, "b", "--env", "Pendulum-v1", "--no-era")
     assert main(["eval", str(run_a), "--episodes", "2"]) == 0
     result = json.loads((run_a / "eval.json").read_text())
