@@ -37,8 +37,10 @@ def test_dm_control_dict_observations_are_flattened():
     assert obs.shape == (5,) and obs.dtype == np.float32
 
 
-@pytest.mark.parametrize("env_id", ["Hopper-v5", "Pendulum-v1"])
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Pendulum-v1", "dm_control/cartpole-swingup-v0"])
 def test_snapshot_continues_exactly(env_id):
+    if env_id.startswith("dm_control/"):
+        pytest.importorskip("shimmy")
     vec = envs.make_vector_env(env_id, 2)
     vec.reset(seed=[0, 1])
     actions = np.random.default_rng(0).uniform(-1, 1, (400, 2, *vec.single_action_space.shape))
