@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from era_core.testing import cuda_required
+
+from era_core.testing import apply_gpu_policy
 
 # Tiny models run fastest (and do not fight other processes) on one thread.
 torch.set_num_threads(1)
@@ -13,12 +14,7 @@ SHARED_MATH = Path(__file__).parents[3] / ".." / "shared" / "data" / "math"
 
 
 def pytest_collection_modifyitems(config, items):
-    # With ERA_REQUIRE_GPU=1 a missing GPU fails the GPU tests instead of skipping them.
-    if torch.cuda.is_available() or cuda_required():
-        return
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+    apply_gpu_policy(items)
 
 
 def pytest_sessionfinish(session, exitstatus):

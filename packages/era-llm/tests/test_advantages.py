@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from era_llm.advantages import group_advantages, informative_groups
 
 

@@ -3,6 +3,7 @@ from typing import Literal
 
 import pytest
 import yaml
+
 from era_llm.config import help_field, parse_config, save_config
 
 

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from era_llm.data import PromptSampler, encode_prompt, gold_answer, load_examples, read_records
 from era_llm.rewards import last_boxed, math_verify_reward
 

@@ -4,6 +4,7 @@ import sys
 import textwrap
 
 import torch
+
 from era_llm.metrics import read_metrics
 from era_llm.policy import load_model
 

@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+
 from era_llm.evaluation import pass_at_k, powers_of_two, summarize
 
 

@@ -2,6 +2,7 @@ import typing
 
 import pytest
 import torch
+
 from era_llm.losses import (
     LOSSES,
     LossConfig,

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from era_core.testing import cpu_and_cuda
 from era_llm.policy import TokenScorer, load_model
 

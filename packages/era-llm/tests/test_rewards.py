@@ -1,4 +1,5 @@
 import pytest
+
 from era_llm.rewards import last_boxed, math_verify_reward
 
 EQUIVALENT = [

@@ -2,6 +2,7 @@ import importlib.util
 
 import pytest
 import torch
+
 from era_llm.policy import load_model, load_tokenizer
 from era_llm.rollout import RolloutConfig, Sampling, make_rollout
 from era_llm.rollout.hf import trim_response

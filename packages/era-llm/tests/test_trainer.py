@@ -5,6 +5,7 @@ import signal
 
 import pytest
 import torch
+
 from era_llm import rewards
 from era_llm.cli import main
 from era_llm.data import PromptSampler
@@ -317,7 +318,9 @@ def test_sigterm_then_resume_equals_uninterrupted(
         return parity_reward(completion, gold)
 
     monkeypatch.setitem(rewards.REWARDS, "math-verify", interrupting_reward)
-    train(_cfg(tiny_model_dir, addition_data, tmp_path / "b", **overrides))
+    with pytest.raises(SystemExit) as stopped:
+        train(_cfg(tiny_model_dir, addition_data, tmp_path / "b", **overrides))
+    assert stopped.value.code == 128 + signal.SIGTERM
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text() == "step-00000002"
     monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
     train(_cfg(tiny_model_dir, addition_data, tmp_path / "b", **overrides))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from era_llm.distributed import barrier
 
 __all__ = [

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from era_core.validation import check_range
 from era_llm.config import help_field
 from era_llm.evaluation import evaluate, summarize
@@ -44,16 +45,18 @@ class DemoConfig:
 
     output_dir: str = help_field("runs/demo", "run directory")
     seed: int = help_field(0, "seed of the model, the problems and both RL runs")
-    digits: int = help_field(2, "digits per operand of the a+b problems")
+    digits: int = help_field(3, "digits per operand of the a+b problems")
     hidden_size: int = help_field(64, "model width")
     num_layers: int = help_field(2, "decoder layers")
-    sft_steps: int = help_field(300, "supervised warm-start steps")
+    sft_steps: int = help_field(600, "supervised warm-start steps (batch 64)")
     sft_lr: float = help_field(3e-3, "supervised learning rate")
-    rl_steps: int = help_field(150, "RL steps per algorithm")
-    rl_lr: float = help_field(1e-3, "RL learning rate")
+    rl_steps: int = help_field(300, "RL steps per algorithm")
+    rl_lr: float = help_field(3e-4, "RL learning rate")
     prompts_per_step: int = help_field(16, "prompts per RL step")
     num_generations: int = help_field(8, "responses per prompt")
-    era_omega_low: float = help_field(0.45, "GRPO-ERA response-entropy floor")
+    era_omega_low: float = help_field(
+        0.6, "GRPO-ERA response-entropy floor (the paper's 0.45 is for a 150k-token vocabulary)"
+    )
     train_problems: int = help_field(2000, "distinct training problems")
     eval_problems: int = help_field(200, "held-out problems for pass@k")
     eval_n: int = help_field(8, "samples per held-out problem")
@@ -199,36 +202,47 @@ def _pass_at_k(model_dir: Path, test: list[dict[str, str]], cfg: DemoConfig) -> 
     return summarize(evaluate(rollout, tokenizer, examples, prompts, sampling, math_verify_reward))
 
 
+def _smooth(values: list[float], window: int = 10) -> list[float]:
+    return [
+        sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1))
+        for i in range(len(values))
+    ]
+
+
 def _plot(
-    runs: dict[str, list[dict[str, float]]], evals: dict[str, dict[str, float]], path: Path
+    runs: dict[str, list[dict[str, float]]],
+    evals: dict[str, dict[str, float]],
+    omega_low: float,
+    path: Path,
 ) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name, rows in runs.items():
-        steps = [r["step"] for r in rows]
-        axes[0].plot(steps, [r["entropy/token"] for r in rows], label=name)
-        axes[1].plot(steps, [r["train/reward"] for r in rows], label=name)
-    axes[0].set(title="mean token entropy (nats)", xlabel="RL step")
-    axes[1].set(title="training accuracy (sampled responses)", xlabel="RL step")
+    figure, axes = plt.subplots(1, 4, figsize=(20, 4))
+    panels = [
+        ("entropy/response", "response entropy (top-20 % tokens, nats)"),
+        ("entropy/token", "mean token entropy (nats)"),
+        ("train/reward", "training accuracy (sampled responses)"),
+    ]
+    for axis, (key, title) in zip(axes, panels, strict=False):
+        for index, (name, rows) in enumerate(runs.items()):
+            steps, values = [r["step"] for r in rows], [r[key] for r in rows]
+            axis.plot(steps, values, color=f"C{index}", alpha=0.25)
+            axis.plot(steps, _smooth(values), color=f"C{index}", label=f"{name} (10-step mean)")
+        axis.set(title=title, xlabel="RL step")
+    axes[0].axhline(omega_low, color="k", linestyle="--", linewidth=1, label="ERA omega_low")
     for name, summary in evals.items():
         ks = [int(key.split("@")[1]) for key in summary if key.startswith("pass@")]
-        axes[2].plot(ks, [summary[f"pass@{k}"] for k in ks], marker="o", label=name)
-    axes[2].set(
-        title="held-out pass@k",
-        xlabel="k",
-        xscale="log",
-        xticks=ks,
-        xticklabels=[str(k) for k in ks],
-    )
+        axes[3].plot(ks, [summary[f"pass@{k}"] for k in ks], marker="o", label=name)
+    axes[3].set(title="held-out pass@k", xlabel="k", xscale="log")
+    axes[3].set_xticks(ks, [str(k) for k in ks])
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
@@ -276,7 +290,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         runs[algo] = read_metrics(out / "metrics.csv")
         evals[algo] = _pass_at_k(out / "checkpoints" / f"step-{cfg.rl_steps:08d}", test, cfg)
 
-    _plot(runs, evals, run_dir / "demo.png")
+    _plot(runs, evals, cfg.era_omega_low, run_dir / "demo.png")
     last = max(1, cfg.rl_steps // 10)
     summary = {
         "sft_final_loss": sft_losses[-1],

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
 from era_core.validation import check_range
 from era_llm.config import help_field, save_config
 from era_llm.data import DEFAULT_TEMPLATE, Example, encode_prompt, load_examples

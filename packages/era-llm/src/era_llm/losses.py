@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import Tensor
+
 from era_core.functional import response_entropy, token_era_scale
 from era_core.validation import check_positive, check_range
 from era_llm.config import help_field
-from torch import Tensor
 
 __all__ = [
     "LOSSES",

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from era_core.entropy import categorical_entropy, linear_logprobs_and_entropy, topk_logprobs
-from era_core.validation import check_range
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from era_core.entropy import categorical_entropy, linear_logprobs_and_entropy, topk_logprobs
+from era_core.validation import check_range
 
 __all__ = ["TokenScorer", "load_model", "load_tokenizer"]
 
@@ -131,10 +132,34 @@ class TokenScorer(nn.Module):
         with torch.autocast(device, enabled=False):
             hidden, weight = hidden.to(dtype), weight.to(dtype)
             if self.topk == 0:
-                return linear_logprobs_and_entropy(
-                    hidden, weight, labels, self.chunk_size, logit_scale
-                )
+                return self._linear_forward(hidden, weight, labels, logit_scale)
             return self._topk_forward(hidden, weight, labels, logit_scale)
+
+    def _linear_forward(
+        self, hidden: Tensor, weight: Tensor, labels: Tensor, logit_scale: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        if logit_scale is None:
+            return linear_logprobs_and_entropy(hidden, weight, labels, self.chunk_size)
+        # A scaled token costs era-core a second softmax (entropy of z, log-prob of s * z);
+        # tokens with scale 1 (most: A <= 0, or entropy inside the band) skip it.
+        shape = labels.shape
+        hidden, labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+        scale = logit_scale.detach().reshape(-1)
+        scaled = scale != 1
+        logprobs = hidden.new_zeros(labels.shape, dtype=torch.float32)
+        entropy = torch.zeros_like(logprobs)
+        parts = (
+            ((~scaled).nonzero().squeeze(1), None),
+            (scaled.nonzero().squeeze(1), scale[scaled]),
+        )
+        for rows, row_scale in parts:
+            if rows.numel():
+                part_logprobs, part_entropy = linear_logprobs_and_entropy(
+                    hidden[rows], weight, labels[rows], self.chunk_size, row_scale
+                )
+                logprobs = logprobs.index_copy(0, rows, part_logprobs)
+                entropy = entropy.index_copy(0, rows, part_entropy)
+        return logprobs.reshape(shape), entropy.reshape(shape)
 
     def _topk_forward(
         self, hidden: Tensor, weight: Tensor, labels: Tensor, logit_scale: Tensor | None

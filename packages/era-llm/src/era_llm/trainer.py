@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
 from era_core.functional import response_entropy
 from era_core.validation import check_positive, check_range
 from era_llm.advantages import group_advantages, informative_groups
@@ -50,9 +54,6 @@ from era_llm.metrics import MetricLogger
 from era_llm.policy import TokenScorer, load_model, load_tokenizer
 from era_llm.rewards import REWARDS, RewardFn
 from era_llm.rollout import Rollout, RolloutConfig, Sampling, make_rollout
-from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 __all__ = ["Groups", "TrainConfig", "collate", "collect_groups", "train", "update_policy"]
 
@@ -378,19 +379,18 @@ class _StopSignal:
     """Turns SIGTERM/SIGINT into a flag checked between steps (so the step ends and saves)."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopSignal":
-        with contextlib.suppress(
-            ValueError
-        ):  # signal handlers can only be set from the main thread
+        # Handlers can only be installed from the main thread; elsewhere signals keep their default.
+        with contextlib.suppress(ValueError):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -402,6 +402,10 @@ def train(cfg: TrainConfig) -> Path:
 
     The run directory receives ``config.yaml``, ``metrics.csv``, TensorBoard events under
     ``tb/`` and checkpoints under ``checkpoints/`` (the last one is the final model).
+
+    Raises:
+        SystemExit: After SIGTERM/SIGINT: the current step finished and a checkpoint was
+            saved; rerunning the same config resumes from it.
     """
     dist = init_distributed(cfg.device)
     run_dir = Path(cfg.output_dir)
@@ -517,11 +521,12 @@ def train(cfg: TrainConfig) -> Path:
                     entropy=f"{metrics['entropy/token']:.3f}",
                     tok_s=f"{metrics['perf/tokens_per_s'] * dist.world_size:.0f}",
                 )
-                stopping = any_rank(stop.requested, dist.device)
+                stopping = any_rank(stop.signum is not None, dist.device)
                 if step % cfg.save_every == 0 or step == cfg.max_steps or stopping:
                     checkpoint()
                 if stopping:
-                    break
+                    # Saved; now exit as the signal asked (128 + signal number, like a shell).
+                    raise SystemExit(128 + (stop.signum or signal.SIGTERM))
     finally:
         bar.close()
         logger.close()

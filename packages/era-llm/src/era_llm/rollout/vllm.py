@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
 from era_llm.rollout import Sampling
 
 __all__ = ["VLLMRollout"]
