@@ -48,7 +48,7 @@ class DemoConfig:
     digits: int = help_field(3, "digits per operand of the a+b problems")
     hidden_size: int = help_field(64, "model width")
     num_layers: int = help_field(2, "decoder layers")
-    sft_steps: int = help_field(600, "supervised warm-start steps (batch 64)")
+    sft_steps: int = help_field(1000, "supervised warm-start steps (batch 64, 50 warm-up)")
     sft_lr: float = help_field(3e-3, "supervised learning rate")
     rl_steps: int = help_field(300, "RL steps per algorithm")
     rl_lr: float = help_field(3e-4, "RL learning rate")
@@ -160,6 +160,7 @@ def supervised_warm_start(
     r"""Teach the answer format (``\boxed{sum}<eos>``) by maximum likelihood; returns the losses."""
     scorer = TokenScorer(model)
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=lr)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
     model.train()
     losses = []
     for _ in range(steps):
@@ -177,6 +178,7 @@ def supervised_warm_start(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        warmup.step()
         losses.append(loss.item())
     return losses
 

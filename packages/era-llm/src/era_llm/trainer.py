@@ -293,24 +293,28 @@ def update_policy(
     advantages = group_advantages(groups.rewards, cfg.scale_rewards).flatten().to(device)
     advantages = advantages[:, None] * mask
     scorer = trainable.module if isinstance(trainable, DistributedDataParallel) else trainable
-    scored = loss.shapes or cfg.num_minibatches > 1
     logit_scale, old_logprobs, ref_logprobs = None, None, None
     metrics: dict[str, float] = {}
     with autocast():
-        if scored:
+        if loss.shapes or cfg.num_minibatches > 1:
             # The behaviour policy: its entropies decide ERA's scale once per batch, so the
             # ratio compares current and old log-probs under the same transformation.
-            old_logprobs, old_entropy = _score(
+            behaviour_logprobs, behaviour_entropy = _score(
                 scorer, ids, attention, start, None, cfg.micro_batch_size
             )
-            logit_scale, advantages = loss.shaping(old_entropy, advantages, mask, cfg)
+            logit_scale, advantages = loss.shaping(behaviour_entropy, advantages, mask, cfg)
             if logit_scale is not None:
                 metrics["era/sharpened_frac"] = _response_frac(logit_scale > 1, mask)
                 metrics["era/flattened_frac"] = _response_frac(logit_scale < 1, mask)
-                if (logit_scale != 1).any():
-                    old_logprobs = _score(
-                        scorer, ids, attention, start, logit_scale, cfg.micro_batch_size
-                    )[0]
+            # With one optimiser step per batch the behaviour policy is the current one: the
+            # loss then uses the current log-probs detached, and this pass only fed the shaping.
+            if cfg.num_minibatches > 1:
+                rescaled = logit_scale is not None and bool((logit_scale != 1).any())
+                old_logprobs = (
+                    _score(scorer, ids, attention, start, logit_scale, cfg.micro_batch_size)[0]
+                    if rescaled
+                    else behaviour_logprobs
+                )
         if ref_scorer is not None:
             ref_logprobs = _score(
                 ref_scorer, ids, attention, start, logit_scale, cfg.micro_batch_size
