@@ -20,8 +20,9 @@ nox.options.keywords = "tests and cpu"
 
 ROOT = Path(__file__).parent
 PACKAGES = ["era-core", "era-control", "era-llm", "era-vision"]
-# Optional extras each package's tests and benchmarks exercise.
-EXTRAS: dict[str, list[str]] = {"era-core": [], "era-control": [], "era-llm": [], "era-vision": []}
+# Optional extras a package's tests exercise, and those only its benchmarks need.
+TEST_EXTRAS = {"era-core": [], "era-control": ["dmc"], "era-llm": [], "era-vision": ["timm"]}
+BENCH_EXTRAS = {"era-core": [], "era-control": ["bench"], "era-llm": ["trl"], "era-vision": []}
 # pytest marker expression per device.
 DEVICES = {"cpu": "not gpu", "gpu": "gpu"}
 # Each package's demo: the main job on built-in defaults, writing under runs/demo/.
@@ -30,14 +31,16 @@ DEMOS: dict[str, list[str]] = {
 }
 
 
-def sync(session: nox.Session, package: str | None, *groups: str) -> None:
-    """`uv sync` the lock into this session's venv: one package (or none) plus dependency groups."""
+def sync(
+    session: nox.Session, package: str | None, *groups: str, extras: list[str] | None = None
+) -> None:
+    """`uv sync` the lock into this session's venv: one package (or none), groups and extras."""
     args = ["uv", "sync", "--frozen", "--no-default-groups"]
     if package is None:
         args += [f"--only-group={group}" for group in groups]
     else:
         args += ["--package", package, *(f"--group={g}" for g in groups)]
-        args += [f"--extra={extra}" for extra in EXTRAS[package]]
+        args += [f"--extra={extra}" for extra in extras or []]
     session.run_install(*args, env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location})
 
 
@@ -46,7 +49,7 @@ def sync(session: nox.Session, package: str | None, *groups: str) -> None:
 @nox.parametrize("package", PACKAGES)
 def tests(session: nox.Session, package: str, device: str) -> None:
     """Run one package's tests on one device (cpu: `-m "not gpu"`, gpu: `-m gpu`)."""
-    sync(session, package, "test")
+    sync(session, package, "test", extras=TEST_EXTRAS[package])
     session.run(
         "pytest",
         f"packages/{package}/tests",
@@ -79,7 +82,7 @@ def typecheck(session: nox.Session, package: str) -> None:
 @nox.parametrize("package", PACKAGES)
 def bench(session: nox.Session, package: str) -> None:
     """Run a package's benchmark scripts; each prints a table and writes JSON to its results/."""
-    sync(session, package, "bench")
+    sync(session, package, "bench", extras=TEST_EXTRAS[package] + BENCH_EXTRAS[package])
     for script in sorted((ROOT / "packages" / package / "benchmarks").glob("bench_*.py")):
         session.run("python", str(script), *session.posargs)
 
