@@ -67,7 +67,7 @@ def run_variant(variant: str, device: str, repeats: int) -> dict[str, float]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from era_llm.losses import LOSSES, LossConfig, PolicyTerms
-    from era_llm.policy import TokenScorer
+    from era_llm.policy import TokenScorer, enable_activation_checkpointing
 
     torch.manual_seed(0)
     torch.set_num_threads(1 if device == "cpu" else torch.get_num_threads())
@@ -77,7 +77,7 @@ def run_variant(variant: str, device: str, repeats: int) -> dict[str, float]:
     with torch.device(device):
         model = Qwen2ForCausalLM(config)
     if device == "cuda":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.train()
     ids = torch.randint(0, 151936, (batch, prompt + response), device=device)
     attention = torch.ones_like(ids)

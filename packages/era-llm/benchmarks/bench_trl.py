@@ -120,7 +120,7 @@ def main() -> None:
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench-trl-"))
     tokenizer = build_tokenizer()
-    model = build_model(len(tokenizer), hidden_size=128, num_layers=4, seed=0)
+    model = build_model(len(tokenizer), hidden_size=128, num_layers=6, seed=0)
     parameters = sum(p.numel() for p in model.parameters())
     model.save_pretrained(work / "model")
     tokenizer.save_pretrained(work / "model")

@@ -12,7 +12,7 @@ from era_llm.data import PromptSampler
 from era_llm.distributed import Distributed
 from era_llm.losses import LOSSES
 from era_llm.metrics import read_metrics
-from era_llm.policy import TokenScorer, load_model, load_tokenizer
+from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
 from era_llm.trainer import Groups, TrainConfig, collate, collect_groups, train, update_policy
 
 
@@ -169,6 +169,17 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, aggregation
         torch.testing.assert_close(p0, p1, atol=1e-6, rtol=1e-5)
         changed |= not torch.equal(p0, p)
     assert changed
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir):
+    base = load_model(str(tiny_model_dir))
+    models = [copy.deepcopy(base).train() for _ in range(2)]
+    enable_activation_checkpointing(models[1])
+    for model in models:
+        torch.manual_seed(0)
+        _update(model, _cfg("m", "d", "o", algo="grpo-era", micro_batch_size=4), _groups())
+    for p0, p1 in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(p0, p1)
 
 
 def test_aggregation_modes_give_different_updates(tiny_model_dir):

@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from era_core.entropy import categorical_entropy, linear_logprobs_and_entropy, topk_logprobs
 from era_core.validation import check_range
 
-__all__ = ["TokenScorer", "load_model", "load_tokenizer"]
+__all__ = ["TokenScorer", "enable_activation_checkpointing", "load_model", "load_tokenizer"]
 
 
 @contextmanager
@@ -53,6 +53,18 @@ def load_model(path: str, device: torch.device | str = "cpu") -> Any:
     with _loading(path):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model.to(device)
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute decoder activations in backward (non-reentrant) to save memory.
+
+    transformers 5.2x renamed ``gradient_checkpointing_enable``; both spellings are served.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _topk_chunk(

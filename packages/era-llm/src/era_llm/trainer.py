@@ -19,7 +19,6 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +50,7 @@ from era_llm.distributed import (
 )
 from era_llm.losses import LOSSES, Loss, LossConfig, PolicyTerms
 from era_llm.metrics import MetricLogger
-from era_llm.policy import TokenScorer, load_model, load_tokenizer
+from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
 from era_llm.rewards import REWARDS, RewardFn
 from era_llm.rollout import Rollout, RolloutConfig, Sampling, make_rollout
 
@@ -230,17 +229,12 @@ def collate(
         ids.append([pad_token_id] * left + prompt + response + [pad_token_id] * right)
         attention.append([0] * left + [1] * (len(prompt) + len(response)) + [0] * right)
         response_mask.append([1.0] * len(response) + [0.0] * right)
-    as_tensor = lambda rows, dtype: torch.tensor(rows, dtype=dtype, device=device)  # noqa: E731
     return (
-        as_tensor(ids, torch.long),
-        as_tensor(attention, torch.long),
-        as_tensor(response_mask, torch.float32),
+        torch.tensor(ids, dtype=torch.long, device=device),
+        torch.tensor(attention, dtype=torch.long, device=device),
+        torch.tensor(response_mask, dtype=torch.float32, device=device),
         width,
     )
-
-
-def _micro_batches(indices: Tensor, size: int) -> Iterator[Tensor]:
-    yield from indices.split(size)
 
 
 def _score(
@@ -249,7 +243,7 @@ def _score(
     """No-grad log-probs and entropies of every row, ``size`` rows at a time."""
     parts = []
     with torch.no_grad():
-        for rows in _micro_batches(torch.arange(ids.shape[0], device=ids.device), size):
+        for rows in torch.arange(ids.shape[0], device=ids.device).split(size):
             parts.append(
                 scorer(ids[rows], attention[rows], start, None if scale is None else scale[rows])
             )
@@ -333,7 +327,7 @@ def update_policy(
         )
         # DDP averages gradients over ranks, so each rank divides by the global count / world.
         normaliser = all_reduce_sum(count.item(), device) / dist.world_size
-        micro = list(_micro_batches(minibatch, cfg.micro_batch_size))
+        micro = minibatch.split(cfg.micro_batch_size)
         for i, rows in enumerate(micro):
             sync = i == len(micro) - 1 or not isinstance(trainable, DistributedDataParallel)
             with contextlib.nullcontext() if sync else trainable.no_sync(), autocast():
@@ -424,7 +418,7 @@ def train(cfg: TrainConfig) -> Path:
     model = load_model(start_path, dist.device)
     model.train()
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     ref_scorer = None
     if cfg.kl_coef > 0:
         ref_scorer = TokenScorer(
