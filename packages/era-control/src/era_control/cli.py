@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from era_control import checkpoint, config, envs, sac
+from era_control import checkpoint, config, envs, ppo, sac
 from era_control.plot import plot_runs
 
 __all__ = ["ALGORITHMS", "Algorithm", "evaluate_run", "main", "start_run"]
@@ -36,6 +36,7 @@ class Algorithm:
 
 ALGORITHMS: dict[str, Algorithm] = {
     "sac": Algorithm(sac.SACConfig, sac.PRESETS, sac.train, sac.evaluation_policy),
+    "ppo": Algorithm(ppo.PPOConfig, ppo.PRESETS, ppo.train, ppo.evaluation_policy),
 }
 
 
@@ -140,7 +141,8 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The full ``era-control`` argument parser."""
     parser = argparse.ArgumentParser(
-        prog="era-control", description="ERA for continuous control (SAC-ERA vs SAC)."
+        prog="era-control",
+        description="ERA for continuous control (SAC-ERA vs SAC, PPO-ERA vs PPO).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

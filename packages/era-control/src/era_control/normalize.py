@@ -1,12 +1,15 @@
 """Running observation and reward normalisation for on-policy training, one set of statistics per seed.
 
-Both are ``nn.Module``s whose statistics are buffers, so they travel in the agent's
-``state_dict`` (checkpoints, evaluation). Each ensemble member only ever sees its own seed's
-envs: its statistics do not depend on the other seeds.
+Both work on the NumPy arrays the vector env returns, on the CPU: per env step they are a
+handful of tiny array operations, which NumPy runs several times faster than torch. Their
+statistics are float64 CPU buffers of an ``nn.Module`` (updated in place through NumPy views),
+so they travel in the agent's ``state_dict`` (checkpoints, evaluation). Each ensemble member
+only ever sees its own seed's envs: its statistics do not depend on the other seeds.
 """
 
+import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 __all__ = ["RewardScaler", "RunningMeanStd"]
 
@@ -16,46 +19,41 @@ class RunningMeanStd(nn.Module):
 
     Batches are merged with the parallel-variance formula of Chan, Golub and LeVeque (1979),
     starting from mean 0, variance 1 and a tiny pseudo-count (as gymnasium's wrappers do).
+    The buffers stay on the CPU whatever device the networks use.
 
     Args:
         members: Ensemble size.
         shape: Shape of one sample, e.g. ``(obs_dim,)``; ``()`` for scalars.
-        device: Where the statistics live.
         epsilon: Pseudo-count of the initial statistics.
     """
 
-    def __init__(
-        self,
-        members: int,
-        shape: tuple[int, ...] = (),
-        device: torch.device | str | None = None,
-        epsilon: float = 1e-4,
-    ) -> None:
+    def __init__(self, members: int, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
         super().__init__()
-        kwargs = {"dtype": torch.float64, "device": device}
-        self.register_buffer("mean", torch.zeros(members, 1, *shape, **kwargs))
-        self.register_buffer("var", torch.ones(members, 1, *shape, **kwargs))
-        self.register_buffer("count", torch.full((), epsilon, **kwargs))
+        self.register_buffer("mean", torch.zeros(members, 1, *shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(members, 1, *shape, dtype=torch.float64))
+        self.register_buffer("count", torch.full((), epsilon, dtype=torch.float64))
 
-    @torch.no_grad()
-    def update(self, x: Tensor) -> None:
+    def update(self, x: np.ndarray) -> None:
         """Merge a batch shaped ``(members, batch, *shape)`` into the statistics."""
-        x = x.to(torch.float64)
+        mean, var, count = self.mean.numpy(), self.var.numpy(), self.count.numpy()
+        # Raw ufunc reductions: ndarray.mean/var add several microseconds of Python per call,
+        # and this runs at every env step.
         n = x.shape[1]
-        batch_var, batch_mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
-        total = self.count + n
-        shift = batch_mean - self.mean
-        self.mean += shift * (n / total)
-        self.var.copy_((self.var * self.count + batch_var * n + shift**2 * (self.count * n / total)) / total)  # fmt: skip
-        self.count.copy_(total)
+        batch_mean = np.add.reduce(x, axis=1, dtype=np.float64, keepdims=True) / n
+        batch_var = np.add.reduce(np.square(x - batch_mean), axis=1, keepdims=True) / n
+        total = count + n
+        shift = batch_mean - mean
+        var[...] = (var * count + batch_var * n + shift**2 * (count * n / total)) / total
+        mean += shift * (n / total)
+        count[...] = total
 
-    def normalize(self, x: Tensor, clip: float, epsilon: float = 1e-8) -> Tensor:
+    def normalize(self, x: np.ndarray, clip: float, epsilon: float = 1e-8) -> np.ndarray:
         """``clip((x - mean) / sqrt(var + epsilon), -clip, clip)`` in ``x``'s dtype.
 
         Shape: ``(members, batch, *shape)``, unchanged.
         """
-        scaled = (x - self.mean) / torch.sqrt(self.var + epsilon)
-        return scaled.clamp(-clip, clip).to(x.dtype)
+        scaled = (x - self.mean.numpy()) / np.sqrt(self.var.numpy() + epsilon)
+        return np.clip(scaled, -clip, clip).astype(x.dtype)
 
 
 class RewardScaler(nn.Module):
@@ -70,25 +68,23 @@ class RewardScaler(nn.Module):
         envs: Envs per member.
         gamma: Discount of the tracked return.
         clip: Bound of the scaled reward.
-        device: Where the statistics live.
     """
 
-    def __init__(
-        self, members: int, envs: int, gamma: float, clip: float, device: torch.device | str | None
-    ) -> None:
+    def __init__(self, members: int, envs: int, gamma: float, clip: float) -> None:
         super().__init__()
         self.gamma, self.clip = gamma, clip
-        self.rms = RunningMeanStd(members, device=device)
-        self.register_buffer("returns", torch.zeros(members, envs, dtype=torch.float64, device=device))  # fmt: skip
+        self.rms = RunningMeanStd(members)
+        self.register_buffer("returns", torch.zeros(members, envs, dtype=torch.float64))
 
-    @torch.no_grad()
-    def forward(self, reward: Tensor, done: Tensor, epsilon: float = 1e-8) -> Tensor:
+    def forward(self, reward: np.ndarray, done: np.ndarray, epsilon: float = 1e-8) -> np.ndarray:
         """Scale one step's rewards; ``reward`` and ``done`` are shaped ``(members, envs)``."""
-        self.returns.mul_(self.gamma).add_(reward)
-        self.rms.update(self.returns)
-        self.returns.masked_fill_(done, 0.0)
-        scaled = reward / torch.sqrt(self.rms.var + epsilon)  # var: (members, 1)
-        return scaled.clamp(-self.clip, self.clip).to(reward.dtype)
+        returns = self.returns.numpy()
+        returns *= self.gamma
+        returns += reward
+        self.rms.update(returns)
+        returns[done] = 0.0
+        scaled = reward / np.sqrt(self.rms.var.numpy() + epsilon)  # var: (members, 1)
+        return np.clip(scaled, -self.clip, self.clip)
 
     def extra_repr(self) -> str:  # noqa: D102 - nn.Module's
         return f"gamma={self.gamma:g}, clip={self.clip:g}"

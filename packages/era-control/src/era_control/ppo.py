@@ -45,7 +45,16 @@ from era_core.entropy import gaussian_entropy
 from era_core.nn import GaussianERA
 from era_core.validation import check_positive, check_range
 
-__all__ = ["PPO", "PRESETS", "PPOConfig", "Rollout", "build", "evaluation_policy", "gae", "train"]
+__all__ = [
+    "PPO",
+    "PRESETS",
+    "PPOConfig",
+    "Rollout",
+    "RolloutCollector",
+    "evaluation_policy",
+    "gae",
+    "train",
+]
 
 
 @dataclasses.dataclass
@@ -64,14 +73,16 @@ class PPOConfig(RunConfig):
         "normal: Gaussian, actions clipped to [-1, 1] (CleanRL); tanh_normal: tanh-squashed Gaussian",
     )
     target_entropy: float | None = help_field(
-        None, f"ERA: target entropy PER ACTION DIM in nats (default: {ERA_TARGET_PER_DIM}, as SAC-ERA)"
+        None,
+        f"ERA: target entropy PER ACTION DIM in nats (default: {ERA_TARGET_PER_DIM}, as SAC-ERA)",
     )
     learn_delta: bool | None = help_field(
         None,
         "ERA: learn delta, which makes up for entropy lost to tanh (default: with tanh_normal only)",
     )
     delta_init: float | None = help_field(
-        None, "ERA: initial (or fixed) delta in nats, total over action dims (default: 0.1 if learnt, else 0)"
+        None,
+        "ERA: initial (or fixed) delta in nats, total over action dims (default: 0.1 if learnt, else 0)",
     )
     entropy_lr: float = help_field(3e-4, "ERA: Adam learning rate of log-delta")
     log_std_min: float = help_field(-8.0, "ERA: lower bound of the Gaussian's log-std")
@@ -86,9 +97,7 @@ class PPOConfig(RunConfig):
     anneal_lr: bool = help_field(True, "decay the learning rate linearly to 0 over the run")
     num_envs: int = help_field(1, "envs per seed, stepped together (sync)")
     num_steps: int = help_field(2048, "steps per env in each rollout")
-    num_minibatches: int = help_field(
-        32, "minibatches per epoch; must divide num_envs * num_steps"
-    )
+    num_minibatches: int = help_field(32, "minibatches per epoch; must divide num_envs * num_steps")
     update_epochs: int = help_field(10, "passes over each rollout")
     gamma: float = help_field(0.99, "discount factor")
     gae_lambda: float = help_field(0.95, "GAE lambda")
@@ -202,16 +211,21 @@ class PPO(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg, self.generators, seeds = cfg, generators, len(generators)
+        self.obs_dim, self.action_dim, self.device = obs_dim, action_dim, device
         self.state_level = cfg.era and cfg.era_level == "state"
         heads = 2 * action_dim if self.state_level else action_dim
-        self.actor = EnsembleMLP(generators, obs_dim, cfg.hidden, heads, cfg.activation, False, device)
+        self.actor = EnsembleMLP(
+            generators, obs_dim, cfg.hidden, heads, cfg.activation, False, device
+        )
         self.critic = EnsembleMLP(generators, obs_dim, cfg.hidden, 1, cfg.activation, False, device)
         _orthogonal_init_(self.actor, generators, 0.01)  # near-zero mean: start centred
         _orthogonal_init_(self.critic, generators, 1.0)
         if not self.state_level:
             # PPO: the log-std itself. Batch-level ERA: raw scale (zeros = equal split over dims).
             init = 0.0 if cfg.era else cfg.log_std_init
-            self.log_std_param = nn.Parameter(torch.full((seeds, 1, action_dim), init, device=device))
+            self.log_std_param = nn.Parameter(
+                torch.full((seeds, 1, action_dim), init, device=device)
+            )
         if cfg.era:
             self.target_entropy = cfg.entropy_target(action_dim)
             self.era = GaussianERA(self.target_entropy, cfg.log_std_min, cfg.log_std_max)
@@ -219,20 +233,22 @@ class PPO(nn.Module):
                 self.target_entropy, action_dim, cfg.log_std_max, cfg.delta_init,
                 cfg.learn_delta, seeds, device,
             )  # fmt: skip
-        self.obs_rms = RunningMeanStd(seeds, (obs_dim,), device)
-        self.reward_scaler = RewardScaler(seeds, cfg.num_envs, cfg.gamma, cfg.clip_reward, device)
+        self.obs_rms = RunningMeanStd(seeds, (obs_dim,))
+        self.reward_scaler = RewardScaler(seeds, cfg.num_envs, cfg.gamma, cfg.clip_reward)
         params = [p for name, p in self.named_parameters() if not name.startswith("delta.")]
-        self.opt = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)  # eps as CleanRL
+        # eps as CleanRL; the fused kernel does one pass over all parameters instead of ~10
+        # small ops per tensor (the update is dispatch-bound at these sizes).
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5, fused=True)
         learn_delta = cfg.era and cfg.learn_delta
         self.delta_opt = (
             torch.optim.Adam(self.delta.parameters(), lr=cfg.entropy_lr) if learn_delta else None
         )
 
-    def normalize(self, obs: Tensor) -> Tensor:
-        """Observations as the networks see them (running statistics, no update)."""
-        if not self.cfg.normalize_obs:
-            return obs
-        return self.obs_rms.normalize(obs, self.cfg.clip_obs)
+    def observe(self, obs: np.ndarray) -> Tensor:
+        """Raw observations ``(seeds, batch, obs_dim)`` as the networks see them (no update)."""
+        if self.cfg.normalize_obs:
+            obs = self.obs_rms.normalize(obs, self.cfg.clip_obs)
+        return torch.as_tensor(obs, device=self.device)
 
     def policy(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Gaussian ``(mean, log_std)`` at normalised ``obs``, each ``(seeds, batch, action_dim)``."""
@@ -255,18 +271,14 @@ class PPO(nn.Module):
         return torch.tanh(u) if self.cfg.distribution == "tanh_normal" else u.clamp(-1.0, 1.0)
 
     def executed_entropy(self, u: Tensor, log_prob: Tensor, log_std: Tensor) -> Tensor:
-        """Entropy of the executed policy per state: ``-log pi(tanh(u))`` (one-sample estimate)
-        for ``tanh_normal``; the Gaussian's own entropy for ``normal`` (its log-probs are PPO's)."""
+        """Entropy of the executed policy per state (what ERA's delta steers towards H0).
+
+        ``tanh_normal``: the one-sample estimate ``-log pi(tanh(u))``; ``normal``: the
+        Gaussian's own entropy (PPO's log-probs are the Gaussian's, clipping is the env's).
+        """
         if self.cfg.distribution == "tanh_normal":
             return tanh_log_abs_det(u).sum(-1) - log_prob
         return gaussian_entropy(log_std)
-
-    @torch.no_grad()
-    def act(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample at normalised ``obs``: ``(u, log N(u), V(obs))``; ``u`` is the Gaussian sample."""
-        mean, log_std = self.policy(obs)
-        u = mean + log_std.exp() * rng.randn(self.generators, mean.shape[1:], mean.device)
-        return u, normal_log_prob(u, mean, log_std), self.value(obs)
 
     def optimizer_state(self) -> dict[str, Any]:
         """Optimiser states, for checkpoints."""
@@ -314,24 +326,30 @@ def gae(
     Returns:
         ``(advantage, advantage + value)``, both ``(T, *batch)``.
     """
-    advantage = torch.empty_like(reward)
-    next_advantage, next_value = torch.zeros_like(last_value), last_value
+    # Everything but the recursion A_t = delta_t + gamma * lam * live_t * A_{t+1} is vectorised:
+    # the loop runs T times per rollout, so it keeps to one fused op per step.
+    live = 1.0 - done
+    next_value = torch.cat([value[1:], last_value.unsqueeze(0)])
+    delta = reward + gamma * live * next_value - value
+    decay = (gamma * lam) * live
+    advantage = torch.empty_like(delta)
+    running = torch.zeros_like(last_value)
     for t in reversed(range(reward.shape[0])):
-        live = 1.0 - done[t]
-        delta = reward[t] + gamma * live * next_value - value[t]
-        next_advantage = delta + gamma * lam * live * next_advantage
-        advantage[t], next_value = next_advantage, value[t]
+        running = torch.addcmul(delta[t], decay[t], running, out=advantage[t])
     return advantage, advantage + value
 
 
 def _clip_grad_norm_per_seed_(params: Sequence[Tensor], max_norm: float) -> Tensor:
     """``clip_grad_norm_`` for each ensemble member separately (leading axis); returns the norms."""
     grads = [p.grad for p in params if p.grad is not None]
-    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    norms = torch.cat([g.flatten(1) for g in grads], dim=1).norm(dim=1)
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
     return norms
+
+
+_METRICS = ("loss/policy", "loss/value", "entropy/gaussian", "entropy/policy", "ppo/approx_kl", "ppo/clipfrac", "ppo/grad_norm")  # fmt: skip
 
 
 def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
@@ -344,14 +362,19 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
     for group in agent.opt.param_groups:
         group["lr"] = lr
     params = [p for group in agent.opt.param_groups for p in group["params"]]
-    seeds, size = batch.log_prob.shape
-    member = torch.arange(seeds, device=batch.obs.device).unsqueeze(1)
-    totals: dict[str, Tensor] = {}
+    # The fields packed side by side, so that an epoch's shuffle is one gather and a
+    # minibatch is a slice (the update is bound by the number of small ops, not by FLOPs).
+    widths = [f.shape[-1] if f.dim() == 3 else 1 for f in batch]
+    packed = torch.cat([f if f.dim() == 3 else f.unsqueeze(-1) for f in batch], dim=-1)
+    seeds, size, _ = packed.shape
+    member = torch.arange(seeds, device=packed.device).unsqueeze(1)
+    totals = torch.zeros(len(_METRICS), seeds, device=packed.device)
     for _ in range(cfg.update_epochs):
-        order = torch.stack([torch.randperm(size, generator=g, device=batch.obs.device) for g in agent.generators])  # fmt: skip
+        order = torch.stack([torch.randperm(size, generator=g, device=packed.device) for g in agent.generators])  # fmt: skip
+        shuffled = packed[member, order]
         for start in range(0, size, cfg.minibatch_size):
-            index = order[:, start : start + cfg.minibatch_size]
-            mb = Rollout(*(field[member, index] for field in batch))
+            parts = shuffled[:, start : start + cfg.minibatch_size].split(widths, dim=-1)
+            mb = Rollout(*(p if f.dim() == 3 else p.squeeze(-1) for p, f in zip(parts, batch)))
 
             # Clipped surrogate: max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = pi(u|s) / pi_old(u|s).
             # With tanh the Jacobian of the squash cancels in r, so r is the Gaussian's ratio.
@@ -361,7 +384,8 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
             ratio = log_ratio.exp()
             advantage = mb.advantage
             if cfg.norm_adv:
-                advantage = (advantage - advantage.mean(-1, keepdim=True)) / (advantage.std(-1, keepdim=True) + 1e-8)  # fmt: skip
+                std, avg = torch.std_mean(advantage, dim=-1, keepdim=True)
+                advantage = (advantage - avg) / (std + 1e-8)
             clipped = ratio.clamp(1.0 - cfg.clip_coef, 1.0 + cfg.clip_coef)
             policy_loss = torch.max(-advantage * ratio, -advantage * clipped).mean(-1)
 
@@ -374,8 +398,10 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
             value_loss = 0.5 * value_loss.mean(-1)
 
             # PPO may add the entropy bonus; PPO-ERA never does (ent_coef = 0 is enforced).
-            entropy = gaussian_entropy(log_std)
-            loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy.mean(-1)
+            entropy = gaussian_entropy(log_std).mean(-1)
+            loss = policy_loss + cfg.vf_coef * value_loss
+            if cfg.ent_coef:
+                loss = loss - cfg.ent_coef * entropy
             agent.opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             grad_norm = _clip_grad_norm_per_seed_(params, cfg.max_grad_norm)
@@ -389,18 +415,13 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
                 agent.delta_opt.step()
                 cap_delta_(agent.delta, agent.max_delta)
 
-            with torch.no_grad():
-                metrics = {
-                    "loss/policy": policy_loss, "loss/value": value_loss,
-                    "entropy/gaussian": entropy.mean(-1), "entropy/policy": executed.mean(-1),
-                    "ppo/approx_kl": ((ratio - 1.0) - log_ratio).mean(-1),
-                    "ppo/clipfrac": ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(-1),
-                    "ppo/grad_norm": grad_norm,
-                }  # fmt: skip
-                for key, value in metrics.items():
-                    totals[key] = totals.get(key, 0.0) + value.detach()
-    updates = cfg.update_epochs * cfg.num_minibatches
-    out = {key: value / updates for key, value in totals.items()}
+            with torch.no_grad():  # in the order of _METRICS
+                totals += torch.stack([
+                    policy_loss, value_loss, entropy, executed.mean(-1),
+                    ((ratio - 1.0) - log_ratio).mean(-1),  # approx. KL(old || new), Schulman's k3
+                    ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(-1), grad_norm,
+                ])  # fmt: skip
+    out = dict(zip(_METRICS, totals / (cfg.update_epochs * cfg.num_minibatches), strict=True))
     residual = (batch.ret - batch.value).var(-1)
     out["ppo/explained_variance"] = 1.0 - residual / batch.ret.var(-1)
     if cfg.era:
@@ -408,28 +429,129 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
     return out
 
 
-def build(
-    cfg: PPOConfig, device: torch.device | None = None
-) -> tuple[PPO, Any, list[torch.Generator]]:
-    """The agent, training envs (``seeds * num_envs``, seed-major) and per-seed generators."""
-    device = device or cfg.torch_device()
-    generators = rng.generators(cfg.seed_list(), device)
-    train_envs = envs.make_vector_env(cfg.env, cfg.seeds * cfg.num_envs)
-    obs_dim = int(np.prod(train_envs.single_observation_space.shape))
-    action_dim = int(np.prod(train_envs.single_action_space.shape))
-    return PPO(cfg, generators, obs_dim, action_dim, device), train_envs, generators
+def _dims(env_id: str) -> tuple[int, int]:
+    """Observation and action sizes of ``env_id`` (as wrapped by :func:`envs.make_env`)."""
+    env = envs.make_env(env_id)
+    dims = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    env.close()
+    return dims
 
 
-def _deterministic(agent: PPO, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+def _crossed(previous: int, step: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in ``(previous, step]``."""
+    return step // every > previous // every
+
+
+def _deterministic(agent: PPO) -> Callable[[np.ndarray], np.ndarray]:
     """Evaluation policy ``obs (seeds, obs_dim) -> squash(mean)``, statistics frozen."""
 
     @torch.no_grad()
     def policy(observation: np.ndarray) -> np.ndarray:
-        obs = torch.as_tensor(observation, device=device).unsqueeze(1)
-        mean, _ = agent.policy(agent.normalize(obs))
+        mean, _ = agent.policy(agent.observe(observation[:, None]))
         return agent.squash(mean).squeeze(1).cpu().numpy()
 
     return policy
+
+
+class RolloutCollector:
+    """Steps the ``seeds * num_envs`` training envs (seed-major) with the policy; returns rollouts.
+
+    Owns what a checkpoint must keep about the envs: the envs themselves (simulator and RNG
+    state), the last observation and the running episode returns and lengths.
+
+    Args:
+        agent: Acts, and updates its observation/reward statistics with what it sees.
+        env_id: The gymnasium id (to rebuild env snapshots).
+        logger: Receives ``charts/episodic_*`` when episodes end.
+        reset_seeds: Reset seed per env; ``None`` when :meth:`load_state_dict` follows.
+    """
+
+    def __init__(
+        self, agent: PPO, env_id: str, logger: Logger, reset_seeds: Sequence[int] | None
+    ) -> None:
+        cfg, self.agent, self.env_id, self.logger = agent.cfg, agent, env_id, logger
+        S, N, T, device = cfg.seeds, cfg.num_envs, cfg.num_steps, agent.device
+        self.shape = (S, N)
+        self.envs = envs.make_vector_env(env_id, S * N)
+        self.episode_return, self.episode_length = np.zeros((S, N)), np.zeros((S, N), dtype=int)
+        if reset_seeds is not None:
+            self.obs = self._see(self.envs.reset(seed=list(reset_seeds))[0])
+        # Storage (T, seeds, envs, ...); observations as the networks saw them.
+        self.obs_buf = torch.empty(T, S, N, agent.obs_dim, device=device)
+        self.u_buf = torch.empty(T, S, N, agent.action_dim, device=device)
+        self.reward_buf, self.done_buf = torch.empty(T, S, N, device=device), torch.empty(T, S, N, device=device)  # fmt: skip
+
+    def _see(self, obs: np.ndarray) -> np.ndarray:
+        """Reshape raw env observations to ``(seeds, envs, obs_dim)``, updating the statistics."""
+        obs = obs.reshape(*self.shape, -1)
+        if self.agent.cfg.normalize_obs:
+            self.agent.obs_rms.update(obs)
+        return obs
+
+    @torch.no_grad()
+    def collect(self, step: int) -> Rollout:
+        """``num_steps`` steps of every env from env step ``step`` (per seed) on, with GAE."""
+        agent, cfg = self.agent, self.agent.cfg
+        T, N = cfg.num_steps, cfg.num_envs
+        noise = rng.randn(agent.generators, (T, N, agent.action_dim), agent.device)
+        for t in range(T):
+            # Per step only what acting needs; log-probs and values come batched below.
+            x = agent.observe(self.obs)
+            mean, log_std = agent.policy(x)
+            u = mean + log_std.exp() * noise[:, t]
+            action = agent.squash(u).flatten(0, 1).cpu().numpy()
+            next_obs, reward, terminated, truncated, info = self.envs.step(action)
+            done = (terminated | truncated).reshape(self.shape)
+            reward = reward.reshape(self.shape)
+            self.obs = self._see(next_obs)
+            scaled = agent.reward_scaler(reward, done) if cfg.normalize_reward else reward
+            scaled = torch.as_tensor(scaled, dtype=torch.float32, device=agent.device)
+            if (cut := truncated & ~terminated).any():
+                # A time limit is not a terminal state: bootstrap V(final observation).
+                final = envs.final_observations(next_obs, cut, info).reshape(*self.shape, -1)
+                cut = torch.as_tensor(cut.reshape(self.shape), device=agent.device)
+                scaled += cfg.gamma * agent.value(agent.observe(final)) * cut
+            self.obs_buf[t], self.u_buf[t], self.reward_buf[t] = x, u, scaled
+            self.done_buf[t] = torch.as_tensor(done, device=agent.device)
+            self._count_episodes(step + (t + 1) * N, reward, done)
+
+        # The policy did not change during the rollout: log-probs and values in one pass.
+        def seed_major(x: Tensor) -> Tensor:  # (T, seeds, envs, ...) -> (seeds, T * envs, ...)
+            return x.transpose(0, 1).flatten(1, 2)
+
+        obs, u = seed_major(self.obs_buf), seed_major(self.u_buf)
+        mean, log_std = agent.policy(obs)
+        value = agent.value(obs)
+        last_value = agent.value(agent.observe(self.obs))
+        time_major = value.unflatten(1, (T, N)).transpose(0, 1)
+        advantage, ret = gae(self.reward_buf, time_major, self.done_buf, last_value, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+        log_prob = normal_log_prob(u, mean, log_std)
+        return Rollout(obs, u, log_prob, value, seed_major(advantage), seed_major(ret))
+
+    def _count_episodes(self, step: int, reward: np.ndarray, done: np.ndarray) -> None:
+        """Accumulate raw returns; log each seed's mean over its envs that just finished."""
+        self.episode_return += reward
+        self.episode_length += 1
+        if done.any():
+            members = np.flatnonzero(done.any(1))
+            count = done.sum(1)[members]
+            self.logger.log(step, {
+                "charts/episodic_return": (self.episode_return * done).sum(1)[members] / count,
+                "charts/episodic_length": (self.episode_length * done).sum(1)[members] / count,
+            }, members)  # fmt: skip
+            self.episode_return[done], self.episode_length[done] = 0.0, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Envs (with simulator state), last observation and running episode statistics."""
+        return {"envs": envs.snapshot_envs(self.envs), "obs": self.obs,
+                "episode_return": self.episode_return, "episode_length": self.episode_length}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where :meth:`state_dict` was taken."""
+        self.envs.close()
+        self.envs = envs.restore_envs(state["envs"], self.env_id)
+        self.obs = state["obs"]
+        self.episode_return, self.episode_length = state["episode_return"], state["episode_length"]
 
 
 def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
@@ -443,114 +565,60 @@ def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = cfg.torch_device()
-    seeds, S, N, T = cfg.seed_list(), cfg.seeds, cfg.num_envs, cfg.num_steps
-    agent, train_envs, gens = build(cfg, device)
-    obs_dim, action_dim = agent.obs_rms.mean.shape[-1], agent.actor[-1].weight.shape[-1]
-    action_dim //= 2 if agent.state_level else 1
-    iterations = math.ceil(cfg.steps / cfg.batch_size)
+    seeds, iterations = cfg.seed_list(), math.ceil(cfg.steps / cfg.batch_size)
+    generators = rng.generators(seeds, device)
+    obs_dim, action_dim = _dims(cfg.env)
+    agent = PPO(cfg, generators, obs_dim, action_dim, device)
     step, iteration = 0, 0
-    episode_return, episode_length = np.zeros((S, N)), np.zeros((S, N), dtype=int)
     if resume:
         state = checkpoint.load(run_dir / "checkpoint.pt")  # RNG states must stay on the CPU
-        step, iteration, obs = state["step"], state["iteration"], state["obs"]
-        episode_return, episode_length = state["episode_return"], state["episode_length"]
+        step, iteration = state["step"], state["iteration"]
+    logger = Logger(run_dir, seeds, resume_step=step if resume else None, tensorboard=cfg.tensorboard)  # fmt: skip
+    # Env n of seed s resets with seed s * num_envs + n: independent of the other seeds.
+    reset_seeds = [s * cfg.num_envs + n for s in seeds for n in range(cfg.num_envs)]
+    collector = RolloutCollector(agent, cfg.env, logger, None if resume else reset_seeds)
+    if resume:
         agent.load_state_dict(state["agent"])
         agent.load_optimizer_state(state["optimizers"])
-        for gen, gen_state in zip(gens, state["generators"], strict=True):
+        for gen, gen_state in zip(generators, state["generators"], strict=True):
             gen.set_state(gen_state)
         rng.set_global_state(state["global_rng"])
-        train_envs.close()
-        train_envs = envs.restore_envs(state["envs"], cfg.env)
-    else:
-        # Env n of seed s resets with s * num_envs + n: a seed's envs do not depend on the others.
-        obs, _ = train_envs.reset(seed=[s * N + n for s in seeds for n in range(N)])
-        if cfg.normalize_obs:
-            agent.obs_rms.update(torch.as_tensor(obs, device=device).view(S, N, obs_dim))
-    eval_envs = envs.make_vector_env(cfg.env, S)
-    logger = Logger(run_dir, seeds, resume_step=step if resume else None, tensorboard=cfg.tensorboard)  # fmt: skip
+        collector.load_state_dict(state["collector"])
+    eval_envs = envs.make_vector_env(cfg.env, cfg.seeds)
 
     def save() -> None:
         checkpoint.save(run_dir / "checkpoint.pt", {
-            "step": step, "iteration": iteration, "obs": obs,
-            "episode_return": episode_return, "episode_length": episode_length,
-            "agent": agent.state_dict(), "optimizers": agent.optimizer_state(),
-            "generators": [g.get_state() for g in gens], "global_rng": rng.global_state(),
-            "envs": envs.snapshot_envs(train_envs), "config": to_dict(cfg),
+            "step": step, "iteration": iteration, "agent": agent.state_dict(),
+            "optimizers": agent.optimizer_state(), "collector": collector.state_dict(),
+            "generators": [g.get_state() for g in generators], "global_rng": rng.global_state(),
+            "config": to_dict(cfg),
         })  # fmt: skip
 
-    # Rollout storage, (T, seeds, envs, ...); obs are stored normalised, as the networks saw them.
-    buf_obs = torch.empty(T, S, N, obs_dim, device=device)
-    buf_u = torch.empty(T, S, N, action_dim, device=device)
-    buf_log_prob, buf_value, buf_reward, buf_done = (torch.empty(T, S, N, device=device) for _ in range(4))  # fmt: skip
-
-    policy = _deterministic(agent, device)
+    policy = _deterministic(agent)
     last_eval, log_time, log_step = float("nan"), time.perf_counter(), step
     with checkpoint.StopSignal() as stop, progress_bar(iterations * cfg.batch_size, step, run_dir.name) as bar:  # fmt: skip
         while iteration < iterations and not stop.requested:
             lr = cfg.lr * (1.0 - iteration / iterations) if cfg.anneal_lr else cfg.lr
-            x = agent.normalize(torch.as_tensor(obs, device=device).view(S, N, obs_dim))
-            for t in range(T):
-                u, log_prob, value = agent.act(x)
-                action = agent.squash(u).view(S * N, action_dim).cpu().numpy()
-                next_obs, reward, terminated, truncated, info = train_envs.step(action)
-                done = terminated | truncated
-                buf_obs[t], buf_u[t], buf_log_prob[t], buf_value[t] = x, u, log_prob, value
-                buf_done[t] = torch.as_tensor(done, device=device).view(S, N)
-
-                raw = torch.as_tensor(reward, device=device).view(S, N)
-                r = agent.reward_scaler(raw, buf_done[t].bool()) if cfg.normalize_reward else raw
-                next_t = torch.as_tensor(next_obs, device=device).view(S, N, obs_dim)
-                if cfg.normalize_obs:
-                    agent.obs_rms.update(next_t)
-                x = agent.normalize(next_t)
-                if (cut := truncated & ~terminated).any():
-                    # A time limit is not a terminal state: bootstrap V(final observation).
-                    final = envs.final_observations(next_obs, cut, info)
-                    final_t = torch.as_tensor(final, device=device).view(S, N, obs_dim)
-                    with torch.no_grad():
-                        bootstrap = agent.value(agent.normalize(final_t))
-                    r = r + cfg.gamma * bootstrap * torch.as_tensor(cut, device=device).view(S, N)
-                buf_reward[t] = r
-                obs = next_obs
-
-                episode_return += reward.reshape(S, N)
-                episode_length += 1
-                if done.any():
-                    finished = done.reshape(S, N)
-                    members = np.flatnonzero(finished.any(1))
-                    count = finished.sum(1)[members]
-                    logger.log(step + (t + 1) * N, {
-                        "charts/episodic_return": (episode_return * finished).sum(1)[members] / count,
-                        "charts/episodic_length": (episode_length * finished).sum(1)[members] / count,
-                    }, members)  # fmt: skip
-                    episode_return[finished], episode_length[finished] = 0.0, 0
-
-            with torch.no_grad():
-                advantage, ret = gae(buf_reward, buf_value, buf_done, agent.value(x), cfg.gamma, cfg.gae_lambda)  # fmt: skip
-            # (T, seeds, envs, ...) -> (seeds, T * envs, ...)
-            flat = lambda b: b.transpose(0, 1).reshape(S, T * N, *b.shape[3:])  # noqa: E731
-            batch = Rollout(*(flat(b) for b in (buf_obs, buf_u, buf_log_prob, buf_value, advantage, ret)))  # fmt: skip
-            metrics = update(agent, batch, lr)
-
+            metrics = update(agent, collector.collect(step), lr)
             previous, step, iteration = step, step + cfg.batch_size, iteration + 1
-            crossed = lambda every: step // every > previous // every  # noqa: E731
-            if crossed(cfg.log_every) or iteration == iterations:
+            last = iteration == iterations
+            if _crossed(previous, step, cfg.log_every) or last:
                 now = time.perf_counter()  # env steps/s per seed since the last log row
-                rates = {"charts/sps": (step - log_step) / (now - log_time), "charts/learning_rate": lr}
+                rates = {"charts/sps": (step - log_step) / (now - log_time), "charts/learning_rate": lr}  # fmt: skip
                 logger.log(step, {**metrics, **rates})
                 log_time, log_step = now, step
-            if crossed(cfg.eval_every) or iteration == iterations:
+            if _crossed(previous, step, cfg.eval_every) or last:
                 returns = envs.evaluate(policy, eval_envs, [s + 100_000 for s in seeds], cfg.eval_episodes)  # fmt: skip
                 logger.log(step, {"eval/return": returns})
                 last_eval = float(returns.mean())
-            if crossed(cfg.checkpoint_every):
+            if _crossed(previous, step, cfg.checkpoint_every):
                 save()
             bar.update(cfg.batch_size)
             bar.set_postfix(eval_return=f"{last_eval:.1f}", refresh=False)
         save()  # the final state, or where a signal stopped the loop
     logger.close()
     eval_envs.close()
-    train_envs.close()
+    collector.envs.close()
     if stop.requested:
         print(f"stopped at step {step}; resume with: era-control train ppo --resume {run_dir}")
     return stop.exit_code
@@ -560,7 +628,6 @@ def evaluation_policy(
     cfg: PPOConfig, state: dict[str, Any], device: torch.device
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The deterministic policy ``obs (seeds, obs_dim) -> actions`` stored in a checkpoint."""
-    agent, train_envs, _ = build(cfg, device)
-    train_envs.close()
+    agent = PPO(cfg, rng.generators(cfg.seed_list(), device), *_dims(cfg.env), device)
     agent.load_state_dict(state["agent"])
-    return _deterministic(agent, device)
+    return _deterministic(agent)
