@@ -31,16 +31,18 @@ from era_control.distributions import (
     TanhNormal,
     TruncatedTanhNormal,
 )
+from era_control.entropy_floor import (
+    ERA_TARGET_PER_DIM,
+    cap_delta_,
+    check_target_entropy,
+    delta_tuner,
+)
 from era_control.logging import Logger, progress_bar
 from era_control.networks import EnsembleMLP
-from era_core.entropy import DeltaTuner
 from era_core.functional import gaussian_era
 from era_core.validation import check_positive, check_range
 
 __all__ = ["PRESETS", "SAC", "SACConfig", "build", "evaluation_policy", "train"]
-
-# Entropy of a unit-variance 1-D Gaussian, log(sqrt(2*pi*e)).
-_UNIT_GAUSSIAN_ENTROPY = 0.5 * math.log(2 * math.pi * math.e)
 
 
 @dataclasses.dataclass
@@ -98,19 +100,7 @@ class SACConfig(RunConfig):
             why=f"must be below log_std_max={self.log_std_max:g}",
         )
         if self.target_entropy is not None:
-            # No distribution on [-1, 1] beats the uniform's log 2 per dim; ERA's Gaussian also
-            # needs the target below its own maximum log_std_max + log sqrt(2 pi e).
-            high = math.log(2.0)
-            if self.era:
-                high = min(high, self.log_std_max + _UNIT_GAUSSIAN_ENTROPY)
-            check_range(
-                "target_entropy",
-                self.target_entropy,
-                None,
-                high,
-                high_inclusive=False,
-                why="per action dim: the maximum entropy of the policy on [-1, 1]",
-            )
+            check_target_entropy(self.target_entropy, self.era, self.log_std_max)
         check_range(
             "delta_init", self.delta_init, 0.0, low_inclusive=not (self.era and self.learn_delta)
         )
@@ -130,9 +120,8 @@ class SACConfig(RunConfig):
 
     def entropy_target(self, action_dim: int) -> float:
         """``H0`` in nats for an ``action_dim``-dim action space."""
-        per_dim = (
-            self.target_entropy if self.target_entropy is not None else (0.25 if self.era else -1.0)
-        )
+        default = ERA_TARGET_PER_DIM if self.era else -1.0
+        per_dim = self.target_entropy if self.target_entropy is not None else default
         return per_dim * action_dim
 
 
@@ -211,20 +200,11 @@ class SAC(nn.Module):
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
         entropy_params: list[Tensor] = []
         if cfg.era:
-            # H0 + delta must stay below the Gaussian's maximum entropy; delta is projected
-            # back under that cap after each step (margin: 1e-3 nats per dim).
-            max_entropy = action_dim * (cfg.log_std_max + _UNIT_GAUSSIAN_ENTROPY)
-            self.max_delta = max_entropy - self.target_entropy - 1e-3 * action_dim
-            check_range(
-                "delta_init",
-                cfg.delta_init,
-                0.0,
-                self.max_delta,
-                why=f"H0 + delta must stay below the Gaussian's maximum entropy {max_entropy:.4g}",
-            )
-            self.delta = DeltaTuner(
-                self.target_entropy, cfg.delta_init, cfg.learn_delta, (seeds,)
-            ).to(device)
+            # delta is projected back under max_delta after each step (H0 + delta stays feasible).
+            self.delta, self.max_delta = delta_tuner(
+                self.target_entropy, action_dim, cfg.log_std_max, cfg.delta_init,
+                cfg.learn_delta, seeds, device,
+            )  # fmt: skip
             entropy_params = list(self.delta.parameters())
         else:
             self.log_alpha = nn.Parameter(
@@ -287,8 +267,7 @@ class SAC(nn.Module):
         if era:
             if self.entropy_opt is not None:
                 _descend(self.entropy_opt, self.delta.loss(sample.entropy))
-                with torch.no_grad():
-                    self.delta.log_delta.clamp_(max=math.log(self.max_delta))
+                cap_delta_(self.delta, self.max_delta)
             metrics["era/delta"] = self.delta.delta.detach()
         else:
             alpha_loss = -(
