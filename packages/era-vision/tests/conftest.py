@@ -1,17 +1,11 @@
 import pytest
 import torch
-from era_core.testing import cuda_required
+
+from era_core.testing import apply_gpu_policy
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
-    if cuda_required():
-        raise pytest.UsageError("ERA_REQUIRE_GPU=1 but CUDA is not available")
-    skip = pytest.mark.skip(reason="CUDA is not available")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    apply_gpu_policy(items)
 
 
 @pytest.fixture(autouse=True)
