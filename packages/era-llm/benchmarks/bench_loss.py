@@ -100,7 +100,7 @@ def run_variant(variant: str, device: str, repeats: int) -> dict[str, float]:
             scale, adv = None, advantages
             if variant == "grpo-era+behaviour":
                 with torch.no_grad():
-                    _, entropy = scorer(ids, attention, prompt)
+                    _, entropy, _ = scorer(ids, attention, prompt)
                 scale, adv = loss.shaping(entropy, advantages, mask, cfg)
             elif variant in ("grpo-era", "grpo-era-all-scaled"):
                 scale, adv = loss.shaping(behaviour_entropy, advantages, mask, cfg)
@@ -114,7 +114,7 @@ def run_variant(variant: str, device: str, repeats: int) -> dict[str, float]:
                 logprobs = log_p.gather(-1, ids[:, prompt:, None]).squeeze(-1)
                 entropy = -(log_p.exp() * log_p).sum(-1)
             else:
-                logprobs, entropy = scorer(ids, attention, prompt, scale)
+                logprobs, entropy, _ = scorer(ids, attention, prompt, scale)
             terms = PolicyTerms(
                 logprobs, logprobs.detach(), adv, mask, entropy, normaliser=mask.sum().item()
             )

@@ -30,7 +30,7 @@ def test_scorer_matches_full_logits(tiny_model_dir, device, with_scale):
     model = load_model(str(tiny_model_dir), device)
     input_ids, attention, start = _batch(device)
     scale = torch.tensor([[2.0, 2.0, 1.0], [0.5, 1.0, 1.0]], device=device) if with_scale else None
-    logprobs, entropy = TokenScorer(model, chunk_size=2)(input_ids, attention, start, scale)
+    logprobs, entropy, _ = TokenScorer(model, chunk_size=2)(input_ids, attention, start, scale)
     (logprobs.sum() + entropy.sum()).backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -45,7 +45,7 @@ def test_scorer_matches_full_logits(tiny_model_dir, device, with_scale):
 def test_topk_logprobs_renormalise_over_the_top_logits(tiny_model_dir):
     model = load_model(str(tiny_model_dir))
     input_ids, attention, start = _batch("cpu")
-    logprobs, entropy = TokenScorer(model, chunk_size=4, topk=3)(input_ids, attention, start)
+    logprobs, entropy, _ = TokenScorer(model, chunk_size=4, topk=3)(input_ids, attention, start)
     ref_logprobs, ref_entropy = _reference(model, input_ids, attention, start, None)
     torch.testing.assert_close(entropy, ref_entropy)
     # Renormalising over fewer classes can only raise a log-probability.
@@ -60,9 +60,9 @@ def test_scorer_under_bf16_autocast_is_close_to_fp32(tiny_model_dir):
     input_ids, attention, start = _batch("cuda")
     scorer = TokenScorer(model)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        logprobs, entropy = scorer(input_ids, attention, start)
+        logprobs, entropy, _ = scorer(input_ids, attention, start)
     assert logprobs.dtype == torch.float32
-    ref_logprobs, ref_entropy = scorer(input_ids, attention, start)
+    ref_logprobs, ref_entropy, _ = scorer(input_ids, attention, start)
     torch.testing.assert_close(logprobs, ref_logprobs, atol=0.05, rtol=0.05)
     torch.testing.assert_close(entropy, ref_entropy, atol=0.05, rtol=0.05)
 
@@ -70,3 +70,21 @@ def test_scorer_under_bf16_autocast_is_close_to_fp32(tiny_model_dir):
 def test_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="model: cannot load"):
         load_model(str(tmp_path / "nope"))
+
+
+def test_inline_shaping_matches_an_explicit_scale(tiny_model_dir):
+    model = load_model(str(tiny_model_dir))
+    input_ids, attention, start = _batch("cpu")
+    scorer = TokenScorer(model)
+    seen = []
+
+    def shaping(entropy):
+        seen.append(entropy)
+        return torch.where(entropy > entropy.median(), 2.0, 1.0)
+
+    logprobs, entropy, shaping_entropy = scorer(input_ids, attention, start, shaping=shaping)
+    assert shaping_entropy is seen[0] and not shaping_entropy.requires_grad
+    torch.testing.assert_close(shaping_entropy, entropy.detach())
+    explicit, _, none = scorer(input_ids, attention, start, shaping(shaping_entropy))
+    assert none is None
+    torch.testing.assert_close(logprobs, explicit)

@@ -1,4 +1,6 @@
 import importlib.util
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -89,3 +91,62 @@ def test_vllm_rollout_generates_and_takes_new_weights(tiny_model_dir):
     assert (
         len({tuple(r) for r in responses[:4]}) == 1 and len({tuple(r) for r in responses[4:]}) == 1
     )
+
+
+class _FakeEngineModel:
+    def __init__(self):
+        self.loaded = {}
+
+    def load_weights(self, weights):
+        self.loaded.update(weights)
+
+
+class _FakeLLM:
+    """Records what VLLMRollout asks of vLLM's public API."""
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.model, self.prefix_resets = kwargs, _FakeEngineModel(), 0
+
+    def generate(self, prompts, params, use_tqdm):
+        self.prompts, self.params = prompts, params
+        out = SimpleNamespace
+        completions = [
+            out(token_ids=(7, 8, 2), finish_reason="stop", stop_reason=None),  # EOS included
+            out(token_ids=(7, 8), finish_reason="stop", stop_reason=None),  # EOS left out
+            out(token_ids=(7, 3), finish_reason="stop", stop_reason=3),  # another stop id
+            out(token_ids=(7, 7, 7), finish_reason="length", stop_reason=None),
+        ]
+        return [out(outputs=completions[: params.n]) for _ in prompts]
+
+    def apply_model(self, function):
+        return [function(self.model)]
+
+    def reset_prefix_cache(self):
+        self.prefix_resets += 1
+
+
+def test_vllm_backend_our_side_of_the_interface(monkeypatch, tiny_model_dir):
+    fake = SimpleNamespace(LLM=_FakeLLM, SamplingParams=lambda **kw: SimpleNamespace(**kw))
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # restored after the test
+    from era_llm.rollout.vllm import VLLMRollout
+
+    rollout = VLLMRollout(
+        str(tiny_model_dir), eos_token_ids=[2, 3], gpu_memory_utilization=0.5, seed=4
+    )
+    assert rollout.llm.kwargs["model"] == str(tiny_model_dir) and rollout.llm.kwargs["seed"] == 4
+    responses = rollout.generate(
+        [[5, 6], [9]], Sampling(n=4, temperature=0.7, top_p=0.9, max_new_tokens=3)
+    )
+    assert rollout.llm.prompts == [{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [9]}]
+    params = rollout.llm.params
+    assert (params.n, params.temperature, params.top_p, params.max_tokens) == (4, 0.7, 0.9, 3)
+    # Every finished response ends with its EOS; a length-capped one does not.
+    assert responses[:4] == [[7, 8, 2], [7, 8, 2], [7, 3], [7, 7, 7]]
+    assert len(responses) == 8
+
+    model = load_model(str(tiny_model_dir))
+    rollout.update_weights(model)
+    assert set(rollout.llm.model.loaded) == set(model.state_dict())
+    assert rollout.llm.prefix_resets == 1

@@ -159,7 +159,7 @@ def supervised_warm_start(
 ) -> list[float]:
     r"""Teach the answer format (``\boxed{sum}<eos>``) by maximum likelihood; returns the losses."""
     scorer = TokenScorer(model)
-    optimizer = torch.optim.AdamW(scorer.parameters(), lr=lr)
+    optimizer = torch.optim.AdamW(scorer.parameters(), lr=lr, fused=True)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
     model.train()
     losses = []
@@ -173,7 +173,7 @@ def supervised_warm_start(
         ids, attention, mask, start = collate(
             prompts, targets, tokenizer.pad_token_id, torch.device("cpu")
         )
-        logprobs, _ = scorer(ids, attention, start)
+        logprobs, _, _ = scorer(ids, attention, start)
         loss = -(logprobs * mask).sum() / mask.sum()
         optimizer.zero_grad()
         loss.backward()
@@ -240,6 +240,7 @@ def _plot(
         axes[3].plot(ks, [summary[f"pass@{k}"] for k in ks], marker="o", label=name)
     axes[3].set(title="held-out pass@k", xlabel="k", xscale="log")
     axes[3].set_xticks(ks, [str(k) for k in ks])
+    axes[3].minorticks_off()
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend()

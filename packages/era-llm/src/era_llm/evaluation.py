@@ -138,7 +138,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     dist = init_distributed(cfg.device)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    tokenizer, model = load_tokenizer(cfg.model), load_model(cfg.model, dist.device).eval()
+    tokenizer = load_tokenizer(cfg.model)
+    # vLLM loads the weights itself; a transformers copy is only needed to sample with generate().
+    model = load_model(cfg.model, dist.device).eval() if cfg.rollout == "hf" else None
     rollout = make_rollout(model, tokenizer, cfg.model, cfg, seed=cfg.seed)
     sampling = Sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist.device.type == "cuda")

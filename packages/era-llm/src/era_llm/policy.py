@@ -1,6 +1,6 @@
 """Causal-LM loading, and response-token log-probs and entropies without full-vocabulary logits."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -111,7 +111,8 @@ class TokenScorer(nn.Module):
         attention_mask: Tensor,
         response_start: int,
         logit_scale: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        shaping: Callable[[Tensor], Tensor | None] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Score the tokens from ``response_start`` on.
 
         Args:
@@ -120,9 +121,15 @@ class TokenScorer(nn.Module):
             response_start: Column where responses begin (the padded prompt length).
             logit_scale: Optional per-token scale of the response logits,
                 ``(batch, seq - response_start)``.
+            shaping: Instead of ``logit_scale``: a function from this pass's token entropies
+                (no gradient) to the scale. On-policy GRPO-ERA decides its scale from the
+                policy being trained, so one decoder pass serves both; only a no-grad pass
+                through the output projection is added.
 
         Returns:
-            ``(logprobs, entropy)``, float32, shape ``(batch, seq - response_start)``.
+            ``(logprobs, entropy, shaping_entropy)``: float32, shape
+            ``(batch, seq - response_start)``; ``shaping_entropy`` is what ``shaping`` was
+            called with (``None`` without ``shaping``).
         """
         # Positions count real tokens only, as generate() does with left padding.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -143,9 +150,18 @@ class TokenScorer(nn.Module):
         # era-core does its own float32 softmax math; hand it one dtype, outside autocast.
         with torch.autocast(device, enabled=False):
             hidden, weight = hidden.to(dtype), weight.to(dtype)
+            shaping_entropy = None
+            if shaping is not None:
+                with torch.no_grad():
+                    shaping_entropy = linear_logprobs_and_entropy(
+                        hidden, weight, labels, self.chunk_size
+                    )[1]
+                logit_scale = shaping(shaping_entropy)
             if self.topk == 0:
-                return self._linear_forward(hidden, weight, labels, logit_scale)
-            return self._topk_forward(hidden, weight, labels, logit_scale)
+                logprobs, entropy = self._linear_forward(hidden, weight, labels, logit_scale)
+            else:
+                logprobs, entropy = self._topk_forward(hidden, weight, labels, logit_scale)
+        return logprobs, entropy, shaping_entropy
 
     def _linear_forward(
         self, hidden: Tensor, weight: Tensor, labels: Tensor, logit_scale: Tensor | None

@@ -127,7 +127,10 @@ def make_rollout(
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every token id that ends a response (generation config first, then the tokenizer)."""
+    """Every token id that ends a response (the model's generation config, else the tokenizer's).
+
+    ``model`` may be ``None`` (vLLM evaluation loads no transformers copy).
+    """
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if ids is None:
         ids = tokenizer.eos_token_id
