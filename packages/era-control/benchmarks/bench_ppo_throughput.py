@@ -1,4 +1,4 @@
-"""Env-steps/s of our PPO and PPO-ERA vs Stable-Baselines3 PPO, with 1 and 8 envs.
+"""Env steps per second of our PPO and PPO-ERA vs Stable-Baselines3 PPO, with 1 and 8 envs.
 
     python packages/era-control/benchmarks/bench_ppo_throughput.py \
         [--env HalfCheetah-v5] [--envs 1 8] [--iterations 3] [--repeats 2] [--threads 1]
@@ -7,10 +7,13 @@ Identical settings for every implementation (CleanRL's and SB3's PPO defaults): 
 per rollout (``num_steps = 2048 / envs``), 10 epochs of 32 minibatches (64 samples), separate
 64-64 tanh actor and critic, observation and reward normalisation, clipped value loss,
 synchronous vector envs, CPU, ``--threads`` torch threads. Each run does one untimed warm-up
-iteration, then ``--iterations`` timed ones (rollout + update). Ours runs through the real
-trainer and reads its own ``charts/sps``; SB3 runs ``PPO`` on ``DummyVecEnv`` + ``VecNormalize``.
-Runs alternate between implementations ``--repeats`` times and the best of each is kept (the
-machine may be shared). Needs the ``bench`` extra. Writes ``results/ppo_throughput.json``.
+iteration, then ``--iterations`` timed ones (rollout + update): ours is the trainer's loop body
+(``RolloutCollector.collect`` + ``update``), SB3 is ``PPO.learn`` on ``DummyVecEnv`` +
+``VecNormalize``. Two rates are reported: env steps per second of wall time, and per second of
+the process's CPU time. On a shared machine the wall rate mostly measures the other jobs; the
+CPU rate is the work each implementation does (all runs are single-threaded). Runs alternate
+between implementations ``--repeats`` times and the best of each is kept. Needs the ``bench``
+extra. Writes ``results/ppo_throughput.json``.
 """
 
 import argparse
@@ -23,36 +26,35 @@ from pathlib import Path
 
 import torch
 
-from era_control import ppo
-from era_control.logging import METRICS_FILE, read_metrics
+from era_control import ppo, rng
+from era_control.logging import Logger
 
 RESULTS = Path(__file__).parent / "results"
 ROLLOUT = 2048
 
 
-def ours(args: argparse.Namespace, num_envs: int, era: bool, workdir: Path) -> float:
-    """Env steps per second of the timed iterations, from the trainer's own log."""
-    name = f"ours_{num_envs}_{era}_{time.monotonic_ns()}"
+def ours(args: argparse.Namespace, num_envs: int, era: bool) -> tuple[float, float]:
+    """(wall, CPU) env steps per second of the timed iterations."""
     cfg = ppo.PPOConfig(
-        env=args.env, steps=ROLLOUT * (1 + args.iterations), era=era, num_envs=num_envs,
-        num_steps=ROLLOUT // num_envs, threads=args.threads, device="cpu", eval_every=10**9,
-        eval_episodes=1, log_every=ROLLOUT, checkpoint_every=10**9, tensorboard=False,
-        out=str(workdir), run_name=name,
+        env=args.env, era=era, num_envs=num_envs, num_steps=ROLLOUT // num_envs,
+        threads=args.threads, device="cpu", tensorboard=False,
     )  # fmt: skip
-    run_dir = workdir / name
-    run_dir.mkdir()
-    ppo.train(cfg, run_dir)
-    # One row per iteration; total steps / total time is the harmonic mean of the rows.
-    timed = [
-        v
-        for step, _, k, v in read_metrics(run_dir / METRICS_FILE)
-        if k == "charts/sps" and step > ROLLOUT
-    ]
-    return len(timed) / sum(1.0 / v for v in timed)
+    agent = ppo.PPO(cfg, rng.generators([0]), *ppo.env_dims(cfg.env), torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        logger = Logger(tmp, [0], tensorboard=False)
+        collector = ppo.RolloutCollector(agent, cfg.env, logger, range(num_envs))
+        ppo.update(agent, collector.collect(0), cfg.lr)  # warm-up
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(args.iterations):
+            ppo.update(agent, collector.collect((i + 1) * ROLLOUT), cfg.lr)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        logger.close()
+    collector.envs.close()
+    return ROLLOUT * args.iterations / wall, ROLLOUT * args.iterations / cpu
 
 
-def stable_baselines3(args: argparse.Namespace, num_envs: int) -> float:
-    """Env steps per second of SB3's PPO over the timed iterations."""
+def stable_baselines3(args: argparse.Namespace, num_envs: int) -> tuple[float, float]:
+    """(wall, CPU) env steps per second of SB3's PPO over the timed iterations."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
@@ -64,9 +66,11 @@ def stable_baselines3(args: argparse.Namespace, num_envs: int) -> float:
         vf_coef=0.5, max_grad_norm=0.5, device="cpu", seed=0, verbose=0,
     )  # fmt: skip
     model.learn(ROLLOUT)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     model.learn(ROLLOUT * args.iterations, reset_num_timesteps=False)
-    return ROLLOUT * args.iterations / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    venv.close()
+    return ROLLOUT * args.iterations / wall, ROLLOUT * args.iterations / cpu
 
 
 def main() -> None:
@@ -81,37 +85,42 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    runs: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.repeats):
-            for n in args.envs:
-                runs.setdefault(f"ours PPO, {n} envs", []).append(ours(args, n, False, Path(tmp)))
-                if not args.skip_sb3:
-                    runs.setdefault(f"SB3 PPO, {n} envs", []).append(stable_baselines3(args, n))
-                runs.setdefault(f"ours PPO-ERA, {n} envs", []).append(ours(args, n, True, Path(tmp)))  # fmt: skip
-    sps = {name: max(values) for name, values in runs.items()}
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(args.repeats):
+        for n in args.envs:
+            runs.setdefault(f"ours PPO, {n} envs", []).append(ours(args, n, False))
+            if not args.skip_sb3:
+                runs.setdefault(f"SB3 PPO, {n} envs", []).append(stable_baselines3(args, n))
+            runs.setdefault(f"ours PPO-ERA, {n} envs", []).append(ours(args, n, True))
+    best = {name: (max(w for w, _ in v), max(c for _, c in v)) for name, v in runs.items()}
     ratios = {}
     if not args.skip_sb3:
         for n in args.envs:
-            ratios[f"ours PPO / SB3 PPO, {n} envs"] = sps[f"ours PPO, {n} envs"] / sps[f"SB3 PPO, {n} envs"]  # fmt: skip
-            ratios[f"ours PPO-ERA / SB3 PPO, {n} envs"] = sps[f"ours PPO-ERA, {n} envs"] / sps[f"SB3 PPO, {n} envs"]  # fmt: skip
+            sb3 = best[f"SB3 PPO, {n} envs"]
+            for ours_name in (f"ours PPO, {n} envs", f"ours PPO-ERA, {n} envs"):
+                mine = best[ours_name]
+                ratios[f"{ours_name} / SB3"] = {"wall": mine[0] / sb3[0], "cpu": mine[1] / sb3[1]}
 
     print(
-        f"\n{args.env}, 2048-step rollouts, 10 epochs x 32 minibatches, MLP 64-64 tanh, "
-        f"CPU, {args.threads} thread(s), best of {args.repeats} x {args.iterations} timed iterations"
+        f"\n{args.env}, 2048-step rollouts, 10 epochs x 32 minibatches, MLP 64-64 tanh, CPU, "
+        f"{args.threads} thread(s), best of {args.repeats} x {args.iterations} timed iterations, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
-    print("| implementation | env steps/s | all runs |\n|---|---|---|")
-    for name, value in sps.items():
-        print(f"| {name} | {value:.0f} | {', '.join(f'{v:.0f}' for v in runs[name])} |")
-    for name, value in ratios.items():
-        print(f"{name}: {value:.2f}x")
+    print(
+        "| implementation | env steps / CPU s | env steps / wall s | vs SB3 (CPU) | vs SB3 (wall) |"
+    )
+    print("|---|---|---|---|---|")
+    for name, (wall, cpu) in best.items():
+        ratio = ratios.get(f"{name} / SB3")
+        cells = [f"{ratio['cpu']:.2f}x", f"{ratio['wall']:.2f}x"] if ratio else ["", ""]
+        print(f"| {name} | {cpu:.0f} | {wall:.0f} | {' | '.join(cells)} |")
     setup = {k: v for k, v in vars(args).items() if k != "out"} | {
         "torch": torch.__version__, "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "load_average": os.getloadavg(),
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ppo_throughput.json").write_text(
-        json.dumps({"setup": setup, "sps": sps, "runs": runs, "ratios": ratios}, indent=2)
+        json.dumps({"setup": setup, "best": best, "runs": runs, "ratios": ratios}, indent=2)
     )
 
 

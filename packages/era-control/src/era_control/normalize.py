@@ -32,10 +32,22 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("mean", torch.zeros(members, 1, *shape, dtype=torch.float64))
         self.register_buffer("var", torch.ones(members, 1, *shape, dtype=torch.float64))
         self.register_buffer("count", torch.full((), epsilon, dtype=torch.float64))
+        self._views: tuple[tuple[int, ...], tuple[np.ndarray, ...]] = ((), ())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """NumPy views ``(mean, var, count)`` of the buffers; writing to them updates the buffers.
+
+        Cached (``Tensor.numpy()`` costs several dispatches), and rebuilt if the buffers were
+        replaced; ``load_state_dict`` copies in place, so the views stay valid across resumes.
+        """
+        key = (self.mean.data_ptr(), self.var.data_ptr(), self.count.data_ptr())
+        if self._views[0] != key:
+            self._views = (key, (self.mean.numpy(), self.var.numpy(), self.count.numpy()))
+        return self._views[1]  # type: ignore[return-value]
 
     def update(self, x: np.ndarray) -> None:
         """Merge a batch shaped ``(members, batch, *shape)`` into the statistics."""
-        mean, var, count = self.mean.numpy(), self.var.numpy(), self.count.numpy()
+        mean, var, count = self.arrays()
         # Raw ufunc reductions: ndarray.mean/var add several microseconds of Python per call,
         # and this runs at every env step.
         n = x.shape[1]
@@ -52,7 +64,8 @@ class RunningMeanStd(nn.Module):
 
         Shape: ``(members, batch, *shape)``, unchanged.
         """
-        scaled = (x - self.mean.numpy()) / np.sqrt(self.var.numpy() + epsilon)
+        mean, var, _ = self.arrays()
+        scaled = (x - mean) / np.sqrt(var + epsilon)
         return np.clip(scaled, -clip, clip).astype(x.dtype)
 
 
@@ -75,15 +88,18 @@ class RewardScaler(nn.Module):
         self.gamma, self.clip = gamma, clip
         self.rms = RunningMeanStd(members)
         self.register_buffer("returns", torch.zeros(members, envs, dtype=torch.float64))
+        self._returns = self.returns.numpy()  # in-place view; RunningMeanStd.arrays explains
 
     def forward(self, reward: np.ndarray, done: np.ndarray, epsilon: float = 1e-8) -> np.ndarray:
         """Scale one step's rewards; ``reward`` and ``done`` are shaped ``(members, envs)``."""
-        returns = self.returns.numpy()
+        if self._returns.ctypes.data != self.returns.data_ptr():
+            self._returns = self.returns.numpy()
+        returns = self._returns
         returns *= self.gamma
         returns += reward
         self.rms.update(returns)
         returns[done] = 0.0
-        scaled = reward / np.sqrt(self.rms.var.numpy() + epsilon)  # var: (members, 1)
+        scaled = reward / np.sqrt(self.rms.arrays()[1] + epsilon)  # var: (members, 1)
         return np.clip(scaled, -self.clip, self.clip)
 
     def extra_repr(self) -> str:  # noqa: D102 - nn.Module's

@@ -244,11 +244,15 @@ class PPO(nn.Module):
             torch.optim.Adam(self.delta.parameters(), lr=cfg.entropy_lr) if learn_delta else None
         )
 
-    def observe(self, obs: np.ndarray) -> Tensor:
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
         """Raw observations ``(seeds, batch, obs_dim)`` as the networks see them (no update)."""
-        if self.cfg.normalize_obs:
-            obs = self.obs_rms.normalize(obs, self.cfg.clip_obs)
-        return torch.as_tensor(obs, device=self.device)
+        if not self.cfg.normalize_obs:
+            return obs
+        return self.obs_rms.normalize(obs, self.cfg.clip_obs)
+
+    def observe(self, obs: np.ndarray) -> Tensor:
+        """:meth:`normalize`, as a tensor on the agent's device."""
+        return torch.as_tensor(self.normalize(obs), device=self.device)
 
     def policy(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Gaussian ``(mean, log_std)`` at normalised ``obs``, each ``(seeds, batch, action_dim)``."""
@@ -429,7 +433,7 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
     return out
 
 
-def _dims(env_id: str) -> tuple[int, int]:
+def env_dims(env_id: str) -> tuple[int, int]:
     """Observation and action sizes of ``env_id`` (as wrapped by :func:`envs.make_env`)."""
     env = envs.make_env(env_id)
     dims = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
@@ -470,16 +474,12 @@ class RolloutCollector:
         self, agent: PPO, env_id: str, logger: Logger, reset_seeds: Sequence[int] | None
     ) -> None:
         cfg, self.agent, self.env_id, self.logger = agent.cfg, agent, env_id, logger
-        S, N, T, device = cfg.seeds, cfg.num_envs, cfg.num_steps, agent.device
+        S, N = cfg.seeds, cfg.num_envs
         self.shape = (S, N)
         self.envs = envs.make_vector_env(env_id, S * N)
         self.episode_return, self.episode_length = np.zeros((S, N)), np.zeros((S, N), dtype=int)
         if reset_seeds is not None:
             self.obs = self._see(self.envs.reset(seed=list(reset_seeds))[0])
-        # Storage (T, seeds, envs, ...); observations as the networks saw them.
-        self.obs_buf = torch.empty(T, S, N, agent.obs_dim, device=device)
-        self.u_buf = torch.empty(T, S, N, agent.action_dim, device=device)
-        self.reward_buf, self.done_buf = torch.empty(T, S, N, device=device), torch.empty(T, S, N, device=device)  # fmt: skip
 
     def _see(self, obs: np.ndarray) -> np.ndarray:
         """Reshape raw env observations to ``(seeds, envs, obs_dim)``, updating the statistics."""
@@ -491,40 +491,42 @@ class RolloutCollector:
     @torch.no_grad()
     def collect(self, step: int) -> Rollout:
         """``num_steps`` steps of every env from env step ``step`` (per seed) on, with GAE."""
-        agent, cfg = self.agent, self.agent.cfg
-        T, N = cfg.num_steps, cfg.num_envs
-        noise = rng.randn(agent.generators, (T, N, agent.action_dim), agent.device)
+        agent, cfg, device = self.agent, self.agent.cfg, self.agent.device
+        T, (S, N) = cfg.num_steps, self.shape
+        # Storage (T, seeds, envs, ...). What the envs produce stays in NumPy until the end:
+        # per step, only the policy's forward pass runs in torch.
+        obs_buf = np.empty((T, S, N, agent.obs_dim), dtype=np.float32)  # as the networks saw them
+        reward_buf, done_buf = np.empty((T, S, N), np.float32), np.empty((T, S, N), np.float32)
+        u_buf = torch.empty(T, S, N, agent.action_dim, device=device)
+        noise = rng.randn(agent.generators, (T, N, agent.action_dim), device)
         for t in range(T):
-            # Per step only what acting needs; log-probs and values come batched below.
-            x = agent.observe(self.obs)
-            mean, log_std = agent.policy(x)
-            u = mean + log_std.exp() * noise[:, t]
+            obs_buf[t] = agent.normalize(self.obs)
+            mean, log_std = agent.policy(torch.as_tensor(obs_buf[t], device=device))
+            u_buf[t] = u = mean + log_std.exp() * noise[:, t]
             action = agent.squash(u).flatten(0, 1).cpu().numpy()
             next_obs, reward, terminated, truncated, info = self.envs.step(action)
-            done = (terminated | truncated).reshape(self.shape)
+            done_buf[t] = done = (terminated | truncated).reshape(self.shape)
             reward = reward.reshape(self.shape)
             self.obs = self._see(next_obs)
-            scaled = agent.reward_scaler(reward, done) if cfg.normalize_reward else reward
-            scaled = torch.as_tensor(scaled, dtype=torch.float32, device=agent.device)
+            reward_buf[t] = agent.reward_scaler(reward, done) if cfg.normalize_reward else reward
             if (cut := truncated & ~terminated).any():
                 # A time limit is not a terminal state: bootstrap V(final observation).
                 final = envs.final_observations(next_obs, cut, info).reshape(*self.shape, -1)
-                cut = torch.as_tensor(cut.reshape(self.shape), device=agent.device)
-                scaled += cfg.gamma * agent.value(agent.observe(final)) * cut
-            self.obs_buf[t], self.u_buf[t], self.reward_buf[t] = x, u, scaled
-            self.done_buf[t] = torch.as_tensor(done, device=agent.device)
+                bootstrap = agent.value(agent.observe(final)).cpu().numpy()
+                reward_buf[t] += cfg.gamma * bootstrap * cut.reshape(self.shape)
             self._count_episodes(step + (t + 1) * N, reward, done)
 
         # The policy did not change during the rollout: log-probs and values in one pass.
         def seed_major(x: Tensor) -> Tensor:  # (T, seeds, envs, ...) -> (seeds, T * envs, ...)
             return x.transpose(0, 1).flatten(1, 2)
 
-        obs, u = seed_major(self.obs_buf), seed_major(self.u_buf)
+        obs, u = seed_major(torch.as_tensor(obs_buf, device=device)), seed_major(u_buf)
         mean, log_std = agent.policy(obs)
         value = agent.value(obs)
         last_value = agent.value(agent.observe(self.obs))
         time_major = value.unflatten(1, (T, N)).transpose(0, 1)
-        advantage, ret = gae(self.reward_buf, time_major, self.done_buf, last_value, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+        reward_t, done_t = (torch.as_tensor(b, device=device) for b in (reward_buf, done_buf))
+        advantage, ret = gae(reward_t, time_major, done_t, last_value, cfg.gamma, cfg.gae_lambda)
         log_prob = normal_log_prob(u, mean, log_std)
         return Rollout(obs, u, log_prob, value, seed_major(advantage), seed_major(ret))
 
@@ -567,7 +569,7 @@ def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
     device = cfg.torch_device()
     seeds, iterations = cfg.seed_list(), math.ceil(cfg.steps / cfg.batch_size)
     generators = rng.generators(seeds, device)
-    obs_dim, action_dim = _dims(cfg.env)
+    obs_dim, action_dim = env_dims(cfg.env)
     agent = PPO(cfg, generators, obs_dim, action_dim, device)
     step, iteration = 0, 0
     if resume:
@@ -628,6 +630,6 @@ def evaluation_policy(
     cfg: PPOConfig, state: dict[str, Any], device: torch.device
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The deterministic policy ``obs (seeds, obs_dim) -> actions`` stored in a checkpoint."""
-    agent = PPO(cfg, rng.generators(cfg.seed_list(), device), *_dims(cfg.env), device)
+    agent = PPO(cfg, rng.generators(cfg.seed_list(), device), *env_dims(cfg.env), device)
     agent.load_state_dict(state["agent"])
     return _deterministic(agent)
