@@ -28,6 +28,9 @@ DEVICES = {"cpu": "not gpu", "gpu": "gpu"}
 # Each package's demo: the main job on built-in defaults, writing under runs/demo/.
 DEMOS: dict[str, list[str]] = {
     "era-core": ["python", "-m", "era_core.demo", "--out", "runs/demo/era-core"],
+    "era-vision": ["era-vision", "demo", "--out", "runs/demo/era-vision"],
+    "era-control": ["era-control", "demo", "--out", "runs/demo/era-control"],
+    "era-llm": ["era-llm", "demo", "--output-dir", "runs/demo/era-llm"],
 }
 
 
