@@ -23,15 +23,14 @@ from era_core.entropy import linear_logprobs_and_entropy, logprobs_and_entropy
 
 VOCAB = 151_936
 WIDTH = 896  # Qwen2.5-0.5B hidden size
-CHUNK = 64  # tokens per chunk: 37 MiB of float32 logits at this vocabulary
 
 
-def naive_from_logits(logits, labels):
+def naive_from_logits(logits, labels, chunk=None):
     log_p = torch.log_softmax(logits.float(), -1)
     return log_p.gather(-1, labels[:, None]).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
 
 
-def naive_linear(hidden, weight, labels):
+def naive_linear(hidden, weight, labels, chunk=None):
     return naive_from_logits(hidden @ weight.T, labels)
 
 
@@ -62,16 +61,16 @@ def _rss() -> int:
 
 VARIANTS = {
     "naive (logits given)": ("logits", naive_from_logits),
-    "logprobs_and_entropy": ("logits", lambda z, y: logprobs_and_entropy(z, y, chunk_size=CHUNK)),
+    "logprobs_and_entropy": ("logits", lambda z, y, chunk: logprobs_and_entropy(z, y, chunk)),
     "naive (lm_head + log_softmax)": ("hidden", naive_linear),
     "linear_logprobs_and_entropy": (
         "hidden",
-        lambda h, w, y: linear_logprobs_and_entropy(h, w, y, chunk_size=CHUNK),
+        lambda h, w, y, chunk: linear_logprobs_and_entropy(h, w, y, chunk),
     ),
 }
 
 
-def worker(name: str, device: str, tokens: int, repeats: int) -> dict[str, float]:
+def worker(name: str, device: str, tokens: int, repeats: int, chunk: int) -> dict[str, float]:
     """Run one variant; report its median time and its peak memory above the inputs."""
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -88,7 +87,7 @@ def worker(name: str, device: str, tokens: int, repeats: int) -> dict[str, float
         inputs, leaves = (hidden, weight, labels), (hidden, weight)
 
     def step():
-        logprobs, entropy = fn(*inputs)
+        logprobs, entropy = fn(*inputs, chunk)
         torch.autograd.grad((logprobs + 0.1 * entropy).sum(), leaves)
 
     # Peak memory of one step above the inputs: CUDA's allocator counts it exactly; on CPU
@@ -120,17 +119,27 @@ def main() -> None:
         "--tokens", type=int, default=None, help="default: 8192 on cuda, 512 on cpu"
     )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--chunk-size", type=int, default=256, help="tokens per chunk (memory/time trade-off)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     tokens = args.tokens or (8192 if args.device == "cuda" else 512)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.device, tokens, args.repeats)))
+        print(json.dumps(worker(args.worker, args.device, tokens, args.repeats, args.chunk_size)))
         return
 
     results = {}
     for name in VARIANTS:
         command = [sys.executable, __file__, "--worker", name, "--device", args.device]
-        command += ["--tokens", str(tokens), "--repeats", str(args.repeats)]
+        command += [
+            "--tokens",
+            str(tokens),
+            "--repeats",
+            str(args.repeats),
+            "--chunk-size",
+            str(args.chunk_size),
+        ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[name] = json.loads(output.strip().splitlines()[-1])
 
@@ -153,11 +162,16 @@ def main() -> None:
         )
     dtype = "bf16" if args.device == "cuda" else "fp32"
     print_table(
-        f"fwd+bwd at vocab {VOCAB}, {tokens} tokens, {dtype}, {args.device} (targets: memory <= 0.25x, time <= 1.3x)",
+        f"fwd+bwd at vocab {VOCAB}, {tokens} tokens, chunks of {args.chunk_size}, {dtype}, {args.device}"
+        " (targets: memory <= 0.25x, time <= 1.3x)",
         ["variant", "naive MiB", "ours MiB", "mem ratio", "naive ms", "ours ms", "time ratio"],
         rows,
     )
-    write_json("entropy", args.device, records)
+    write_json(
+        "entropy",
+        args.device,
+        [{**r, "tokens": tokens, "chunk_size": args.chunk_size} for r in records],
+    )
 
 
 if __name__ == "__main__":
