@@ -11,8 +11,9 @@ Variants (TokenScorer = era-core's chunked linear log-probs + entropy, default c
   half the responses are below the floor and half the advantages positive, so about a
   quarter of the tokens are scaled.
 - ``grpo-era-all-scaled``: the worst case, every token scaled.
-- ``grpo-era+behaviour``: ``grpo-era`` plus the no-grad behaviour-policy pass that yields
-  the entropies ERA's shaping needs (fully on-policy GRPO needs no such pass).
+- ``grpo-era-step``: what an on-policy training step runs: the scale is decided inside the
+  forward from that pass's own entropies (an extra no-grad pass through the output
+  projection), on a random model whose entropies put half the responses outside the band.
 - ``naive``: GRPO on materialised float32 logits (``model(...).logits``), for scale.
 
     python packages/era-llm/benchmarks/bench_loss.py [--device cuda] [--repeats 5]
@@ -53,7 +54,7 @@ SHAPES = {
         response=1024,
     ),
 }
-VARIANTS = ("grpo", "grpo-era", "grpo-era-all-scaled", "grpo-era+behaviour", "naive")
+VARIANTS = ("grpo", "grpo-era", "grpo-era-all-scaled", "grpo-era-step", "naive")
 
 
 def _rss_mib(field: str) -> float:
@@ -98,10 +99,9 @@ def run_variant(variant: str, device: str, repeats: int) -> dict[str, float]:
     def step() -> None:
         with autocast:
             scale, adv = None, advantages
-            if variant == "grpo-era+behaviour":
-                with torch.no_grad():
-                    _, entropy, _ = scorer(ids, attention, prompt)
-                scale, adv = loss.shaping(entropy, advantages, mask, cfg)
+            shaping = None
+            if variant == "grpo-era-step":
+                shaping = lambda entropy: loss.shaping(entropy, advantages, mask, cfg)[0]  # noqa: E731
             elif variant in ("grpo-era", "grpo-era-all-scaled"):
                 scale, adv = loss.shaping(behaviour_entropy, advantages, mask, cfg)
             if variant == "naive":
@@ -114,7 +114,9 @@ def run_variant(variant: str, device: str, repeats: int) -> dict[str, float]:
                 logprobs = log_p.gather(-1, ids[:, prompt:, None]).squeeze(-1)
                 entropy = -(log_p.exp() * log_p).sum(-1)
             else:
-                logprobs, entropy, _ = scorer(ids, attention, prompt, scale)
+                logprobs, entropy, shaping_entropy = scorer(ids, attention, prompt, scale, shaping)
+                if shaping_entropy is not None:
+                    _, adv = loss.shaping(shaping_entropy, advantages, mask, cfg)
             terms = PolicyTerms(
                 logprobs, logprobs.detach(), adv, mask, entropy, normaliser=mask.sum().item()
             )
@@ -123,7 +125,7 @@ def run_variant(variant: str, device: str, repeats: int) -> dict[str, float]:
         model.zero_grad(set_to_none=True)
 
     scaled_frac = 0.0
-    if variant.startswith("grpo-era") and variant != "grpo-era+behaviour":
+    if variant.startswith("grpo-era") and variant != "grpo-era-step":
         scaled_frac = (
             (loss.shaping(behaviour_entropy, advantages, mask, cfg)[0] != 1).float().mean().item()
         )
