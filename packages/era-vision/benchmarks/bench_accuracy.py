@@ -18,6 +18,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
+
 from era_vision.plots import markdown_table
 from era_vision.train import TrainConfig, train
 

@@ -5,6 +5,8 @@ import struct
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from era_vision.data import (
     AugmentedDataset,
     ResumableSampler,
@@ -13,7 +15,6 @@ from era_vision.data import (
     load_data,
     read_idx,
 )
-from PIL import Image
 
 
 def _write_idx(path, array, compress):

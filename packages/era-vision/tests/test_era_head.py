@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torchvision
+
 from era_core.entropy import categorical_entropy
 from era_core.testing import cpu_and_cuda
 from era_vision import ERAClassifier, find_classifier, get_model, with_era

@@ -3,6 +3,7 @@ import typing
 
 import pytest
 import torch
+
 from era_vision.losses import LOSSES, Regularizer, confidence_penalty, cross_entropy
 from era_vision.metrics import ClassificationMetrics, calibration_bins, expected_calibration_error
 

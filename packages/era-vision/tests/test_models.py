@@ -1,7 +1,8 @@
 import pytest
 import torch
-from era_vision import get_model, list_models, register_model
 from torch import nn
+
+from era_vision import get_model, list_models, register_model
 
 
 def test_list_models_has_registered_and_torchvision():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from era_vision.cli import main
 from era_vision.train import TrainConfig, lr_at, train
 

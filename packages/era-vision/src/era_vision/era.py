@@ -3,9 +3,9 @@
 from typing import Literal
 
 import torch
-from era_core.nn import SoftmaxERA
 from torch import Tensor, nn
 
+from era_core.nn import SoftmaxERA
 from era_vision.models import find_classifier, num_classes_of
 
 __all__ = ["ERAClassifier", "with_era"]

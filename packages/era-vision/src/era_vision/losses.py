@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch.nn.functional as F
-from era_core.entropy import categorical_entropy
 from torch import Tensor
+
+from era_core.entropy import categorical_entropy
 
 __all__ = ["LOSSES", "Regularizer", "confidence_penalty", "cross_entropy"]
 

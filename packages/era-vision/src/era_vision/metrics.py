@@ -3,10 +3,10 @@
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from era_core.entropy import categorical_entropy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from era_core.entropy import categorical_entropy
 from era_vision.distributed import Dist
 
 __all__ = ["ClassificationMetrics", "calibration_bins", "evaluate", "expected_calibration_error"]

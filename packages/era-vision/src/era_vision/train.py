@@ -17,14 +17,14 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from era_core.entropy import categorical_entropy
-from era_core.validation import check_positive, check_range
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from era_core.entropy import categorical_entropy
+from era_core.validation import check_positive, check_range
 from era_vision.config import save_config
 from era_vision.data import (
     Augment,
