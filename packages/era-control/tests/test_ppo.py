@@ -15,7 +15,9 @@ from era_control import checkpoint, ppo, rng
 from era_control.cli import main
 from era_control.distributions import normal_log_prob
 from era_control.entropy_floor import UNIT_GAUSSIAN_ENTROPY
+from era_control.logging import read_metrics
 from era_control.normalize import RewardScaler, RunningMeanStd
+from era_control.plot import run_label
 from era_core.entropy import gaussian_entropy
 from era_core.testing import cpu_and_cuda
 
@@ -265,12 +267,17 @@ def test_train_smoke(tmp_path, flags):
     keys = metric_keys(run_dir)
     assert {"charts/episodic_return", "eval/return", "loss/policy", "loss/value",
             "entropy/gaussian", "ppo/approx_kl", "charts/sps"} <= keys  # fmt: skip
-    assert ("era/delta" in keys) == ("--no-era" not in flags)
+    era = "--no-era" not in flags
+    assert ("era/delta" in keys) == era
+    if era:  # the states of the real rollouts kept the floor too (H0 = 0.25 nats, one action dim)
+        rows = read_metrics(run_dir / "metrics.csv")
+        assert all(v >= 0.25 - 1e-5 for _, _, k, v in rows if k == "entropy/gaussian")
     state = checkpoint.load(run_dir / "checkpoint.pt")
     assert state["step"] == 128 and state["iteration"] == 2
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["era"] == ("--no-era" not in flags) and saved["seeds"] == 2
+    assert saved["era"] == era and saved["seeds"] == 2
     assert yaml.safe_load((run_dir / "run.yaml").read_text())["algo"] == "ppo"
+    assert run_label(run_dir) == ("PPO-ERA (2 seeds)" if era else "PPO (2 seeds)")
 
 
 def test_cli_refuses_indivisible_minibatches(tmp_path, capsys):

@@ -38,7 +38,8 @@ def run_label(run_dir: str | Path) -> str:
     if not config_path.exists():
         return Path(run_dir).name
     config = yaml.safe_load(config_path.read_text())
-    algo = config.get("algo", "run")
+    run_path = Path(run_dir) / "run.yaml"  # the algorithm is recorded there, not in the config
+    algo = yaml.safe_load(run_path.read_text())["algo"] if run_path.exists() else "run"
     era = config.get("era")
     name = f"{algo.upper()}-ERA" if era else algo.upper()
     return f"{name} ({config.get('seeds', 1)} seeds)"

@@ -51,6 +51,7 @@ __all__ = [
     "PPOConfig",
     "Rollout",
     "RolloutCollector",
+    "env_dims",
     "evaluation_policy",
     "gae",
     "train",
@@ -254,17 +255,23 @@ class PPO(nn.Module):
         """:meth:`normalize`, as a tensor on the agent's device."""
         return torch.as_tensor(self.normalize(obs), device=self.device)
 
-    def policy(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """Gaussian ``(mean, log_std)`` at normalised ``obs``, each ``(seeds, batch, action_dim)``."""
+    def era_target(self) -> Tensor:
+        """ERA's ``H0 + delta`` per seed, shaped ``(seeds, 1)`` to broadcast over a batch."""
+        return self.delta.era_target.unsqueeze(-1)
+
+    def policy(self, obs: Tensor, era_target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Gaussian ``(mean, log_std)`` at normalised ``obs``, each ``(seeds, batch, action_dim)``.
+
+        ``era_target`` may pass :meth:`era_target` computed once for many calls (a rollout).
+        """
         out = self.actor(obs)
+        if not self.cfg.era:
+            return out, self.log_std_param.expand_as(out)
+        target = self.era_target() if era_target is None else era_target
         if self.state_level:
-            mean, raw = out.chunk(2, dim=-1)
-            return mean, self.era(raw, self.delta.era_target.unsqueeze(-1))
-        if self.cfg.era:
-            log_std = self.era(self.log_std_param, self.delta.era_target.unsqueeze(-1))
-        else:
-            log_std = self.log_std_param
-        return out, log_std.expand_as(out)
+            mean, raw = out[..., : self.action_dim], out[..., self.action_dim :]
+            return mean, self.era(raw, target)
+        return out, self.era(self.log_std_param, target).expand_as(out)
 
     def value(self, obs: Tensor) -> Tensor:
         """``V(obs)``, shape ``(seeds, batch)``."""
@@ -274,15 +281,16 @@ class PPO(nn.Module):
         """Executed action in ``[-1, 1]`` for a Gaussian sample ``u``."""
         return torch.tanh(u) if self.cfg.distribution == "tanh_normal" else u.clamp(-1.0, 1.0)
 
-    def executed_entropy(self, u: Tensor, log_prob: Tensor, log_std: Tensor) -> Tensor:
+    def executed_entropy(self, u: Tensor, log_prob: Tensor, gaussian: Tensor) -> Tensor:
         """Entropy of the executed policy per state (what ERA's delta steers towards H0).
 
-        ``tanh_normal``: the one-sample estimate ``-log pi(tanh(u))``; ``normal``: the
-        Gaussian's own entropy (PPO's log-probs are the Gaussian's, clipping is the env's).
+        ``tanh_normal``: the one-sample estimate ``-log pi(tanh(u))`` at the Gaussian sample
+        ``u`` of log-density ``log_prob``; ``normal``: the Gaussian's own entropy ``gaussian``
+        (PPO's log-probs are the Gaussian's; clipping to [-1, 1] is the env's).
         """
         if self.cfg.distribution == "tanh_normal":
             return tanh_log_abs_det(u).sum(-1) - log_prob
-        return gaussian_entropy(log_std)
+        return gaussian
 
     def optimizer_state(self) -> dict[str, Any]:
         """Optimiser states, for checkpoints."""
@@ -348,8 +356,8 @@ def _clip_grad_norm_per_seed_(params: Sequence[Tensor], max_norm: float) -> Tens
     grads = [p.grad for p in params if p.grad is not None]
     norms = torch.cat([g.flatten(1) for g in grads], dim=1).norm(dim=1)
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+    # One foreach call, as torch's own clip_grad_norm_ does (the update is dispatch-bound).
+    torch._foreach_mul_(grads, [scale.view(-1, *[1] * (g.dim() - 1)) for g in grads])
     return norms
 
 
@@ -402,17 +410,17 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
             value_loss = 0.5 * value_loss.mean(-1)
 
             # PPO may add the entropy bonus; PPO-ERA never does (ent_coef = 0 is enforced).
-            entropy = gaussian_entropy(log_std).mean(-1)
+            entropy = gaussian_entropy(log_std)  # per state
             loss = policy_loss + cfg.vf_coef * value_loss
             if cfg.ent_coef:
-                loss = loss - cfg.ent_coef * entropy
+                loss = loss - cfg.ent_coef * entropy.mean(-1)
             agent.opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             grad_norm = _clip_grad_norm_per_seed_(params, cfg.max_grad_norm)
             agent.opt.step()
 
             # ERA's delta grows while the executed policy's entropy is below H0 (as SAC-ERA).
-            executed = agent.executed_entropy(mb.u, log_prob.detach(), log_std.detach())
+            executed = agent.executed_entropy(mb.u, log_prob.detach(), entropy.detach())
             if agent.delta_opt is not None:
                 agent.delta_opt.zero_grad(set_to_none=True)
                 agent.delta.loss(executed).backward()
@@ -421,7 +429,7 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
 
             with torch.no_grad():  # in the order of _METRICS
                 totals += torch.stack([
-                    policy_loss, value_loss, entropy, executed.mean(-1),
+                    policy_loss, value_loss, entropy.mean(-1), executed.mean(-1),
                     ((ratio - 1.0) - log_ratio).mean(-1),  # approx. KL(old || new), Schulman's k3
                     ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(-1), grad_norm,
                 ])  # fmt: skip
@@ -488,7 +496,7 @@ class RolloutCollector:
             self.agent.obs_rms.update(obs)
         return obs
 
-    @torch.no_grad()
+    @torch.inference_mode()  # leaner than no_grad per op; the rollout never needs autograd
     def collect(self, step: int) -> Rollout:
         """``num_steps`` steps of every env from env step ``step`` (per seed) on, with GAE."""
         agent, cfg, device = self.agent, self.agent.cfg, self.agent.device
@@ -499,9 +507,10 @@ class RolloutCollector:
         reward_buf, done_buf = np.empty((T, S, N), np.float32), np.empty((T, S, N), np.float32)
         u_buf = torch.empty(T, S, N, agent.action_dim, device=device)
         noise = rng.randn(agent.generators, (T, N, agent.action_dim), device)
+        target = agent.era_target() if cfg.era else None  # fixed during the rollout
         for t in range(T):
             obs_buf[t] = agent.normalize(self.obs)
-            mean, log_std = agent.policy(torch.as_tensor(obs_buf[t], device=device))
+            mean, log_std = agent.policy(torch.as_tensor(obs_buf[t], device=device), target)
             u_buf[t] = u = mean + log_std.exp() * noise[:, t]
             action = agent.squash(u).flatten(0, 1).cpu().numpy()
             next_obs, reward, terminated, truncated, info = self.envs.step(action)
