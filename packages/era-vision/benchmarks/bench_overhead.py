@@ -87,11 +87,16 @@ def main() -> None:
     parser.add_argument("--batch-resnet18", type=int, default=None)
     parser.add_argument("--batch-resnet50", type=int, default=None)
     parser.add_argument("--min-entropy", type=float, default=0.6)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a busy box)"
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_overhead.json")
     args = parser.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
     args.reps = args.reps or (50 if cuda else 10)
     rows = [
