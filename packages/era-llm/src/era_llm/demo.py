@@ -18,6 +18,7 @@ import torch
 
 from era_core.validation import check_range
 from era_llm.config import help_field
+from era_llm.data import Example
 from era_llm.evaluation import evaluate, summarize
 from era_llm.metrics import read_metrics
 from era_llm.policy import TokenScorer, load_model, load_tokenizer
@@ -61,6 +62,11 @@ class DemoConfig:
     eval_problems: int = help_field(200, "held-out problems for pass@k")
     eval_n: int = help_field(8, "samples per held-out problem")
     threads: int = help_field(1, "torch CPU threads (1 is fastest for a model this small)")
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Room for the boxed sum (7 + digits + 2 tokens) and EOS, plus slack."""
+        return 4 + 2 * self.digits + 4
 
     def __post_init__(self) -> None:
         for name in (
@@ -193,14 +199,10 @@ def _pass_at_k(model_dir: Path, test: list[dict[str, str]], cfg: DemoConfig) -> 
     rollout = HFRollout(
         model, tokenizer.pad_token_id, [tokenizer.eos_token_id], batch_size=len(test)
     )
-    from era_llm.data import Example
-
     examples = [Example(p["question"], p["answer"]) for p in test]
     prompts = [tokenizer(e.prompt).input_ids for e in examples]
     torch.manual_seed(cfg.seed)
-    sampling = Sampling(
-        cfg.eval_n, temperature=1.0, top_p=1.0, max_new_tokens=4 + 2 * cfg.digits + 4
-    )
+    sampling = Sampling(cfg.eval_n, temperature=1.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
     return summarize(evaluate(rollout, tokenizer, examples, prompts, sampling, math_verify_reward))
 
 
@@ -283,7 +285,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 num_generations=cfg.num_generations,
                 micro_batch_size=cfg.prompts_per_step * cfg.num_generations,
                 prompt_template="{prompt}",
-                max_new_tokens=4 + 2 * cfg.digits + 4,
+                max_new_tokens=cfg.max_new_tokens,
                 era_omega_low=cfg.era_omega_low,
                 save_every=cfg.rl_steps,
                 device="cpu",
