@@ -61,10 +61,9 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="extra flags for every run, after --")
     args = parser.parse_args()
 
+    slug = {v: v.lower().replace(" (", "-").replace(")", "") for v in VARIANTS}  # ppo-era-state
     runs = {
-        (task, variant): args.out
-        / "runs"
-        / f"ppo__{task}__{variant.replace(' ', '')}__{args.steps}"
+        (task, variant): args.out / "runs" / f"{task}__{slug[variant]}__{args.steps}"
         for task in args.tasks
         for variant in args.variants
     }

@@ -12,14 +12,16 @@ iteration, then ``--iterations`` timed ones (rollout + update): ours is the trai
 ``VecNormalize``. Two rates are reported: env steps per second of wall time, and per second of
 the process's CPU time. On a shared machine the wall rate mostly measures the other jobs; the
 CPU rate is the work each implementation does (all runs are single-threaded). Runs alternate
-between implementations ``--repeats`` times and the best of each is kept. Needs the ``bench``
-extra. Writes ``results/ppo_throughput.json``.
+between implementations ``--repeats`` times; the table shows the median run of each (repeats
+of one setting still differ by up to 1.5x on a shared VM, so every run is listed too). Needs the
+``bench`` extra. Writes ``results/ppo_throughput.json``.
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -78,7 +80,7 @@ def main() -> None:
     parser.add_argument("--env", default="HalfCheetah-v5")
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 8], help="env counts")
     parser.add_argument("--iterations", type=int, default=3, help="timed rollouts of 2048 steps")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per setting, best kept")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per setting (median shown)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-sb3", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -92,35 +94,37 @@ def main() -> None:
             if not args.skip_sb3:
                 runs.setdefault(f"SB3 PPO, {n} envs", []).append(stable_baselines3(args, n))
             runs.setdefault(f"ours PPO-ERA, {n} envs", []).append(ours(args, n, True))
-    best = {name: (max(w for w, _ in v), max(c for _, c in v)) for name, v in runs.items()}
+    median = {
+        name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+        for name, v in runs.items()
+    }
     ratios = {}
     if not args.skip_sb3:
         for n in args.envs:
-            sb3 = best[f"SB3 PPO, {n} envs"]
+            sb3 = median[f"SB3 PPO, {n} envs"]
             for ours_name in (f"ours PPO, {n} envs", f"ours PPO-ERA, {n} envs"):
-                mine = best[ours_name]
+                mine = median[ours_name]
                 ratios[f"{ours_name} / SB3"] = {"wall": mine[0] / sb3[0], "cpu": mine[1] / sb3[1]}
 
     print(
         f"\n{args.env}, 2048-step rollouts, 10 epochs x 32 minibatches, MLP 64-64 tanh, CPU, "
-        f"{args.threads} thread(s), best of {args.repeats} x {args.iterations} timed iterations, "
+        f"{args.threads} thread(s), median of {args.repeats} x {args.iterations} timed iterations, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
-    print(
-        "| implementation | env steps / CPU s | env steps / wall s | vs SB3 (CPU) | vs SB3 (wall) |"
-    )
-    print("|---|---|---|---|---|")
-    for name, (wall, cpu) in best.items():
+    print("| implementation | env steps / CPU s | env steps / wall s | vs SB3 (CPU) | vs SB3 (wall) | all runs (CPU) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for name, (wall, cpu) in median.items():
         ratio = ratios.get(f"{name} / SB3")
         cells = [f"{ratio['cpu']:.2f}x", f"{ratio['wall']:.2f}x"] if ratio else ["", ""]
-        print(f"| {name} | {cpu:.0f} | {wall:.0f} | {' | '.join(cells)} |")
+        every = ", ".join(f"{c:.0f}" for _, c in runs[name])
+        print(f"| {name} | {cpu:.0f} | {wall:.0f} | {' | '.join(cells)} | {every} |")
     setup = {k: v for k, v in vars(args).items() if k != "out"} | {
         "torch": torch.__version__, "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "load_average": os.getloadavg(),
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ppo_throughput.json").write_text(
-        json.dumps({"setup": setup, "best": best, "runs": runs, "ratios": ratios}, indent=2)
+        json.dumps({"setup": setup, "median": median, "runs": runs, "ratios": ratios}, indent=2)
     )
 
 

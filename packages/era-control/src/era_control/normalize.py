@@ -9,7 +9,7 @@ only ever sees its own seed's envs: its statistics do not depend on the other se
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["RewardScaler", "RunningMeanStd"]
 
@@ -26,6 +26,10 @@ class RunningMeanStd(nn.Module):
         shape: Shape of one sample, e.g. ``(obs_dim,)``; ``()`` for scalars.
         epsilon: Pseudo-count of the initial statistics.
     """
+
+    mean: Tensor
+    var: Tensor
+    count: Tensor
 
     def __init__(self, members: int, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
         super().__init__()
@@ -82,6 +86,8 @@ class RewardScaler(nn.Module):
         gamma: Discount of the tracked return.
         clip: Bound of the scaled reward.
     """
+
+    returns: Tensor
 
     def __init__(self, members: int, envs: int, gamma: float, clip: float) -> None:
         super().__init__()

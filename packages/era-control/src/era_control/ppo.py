@@ -433,7 +433,8 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
                     ((ratio - 1.0) - log_ratio).mean(-1),  # approx. KL(old || new), Schulman's k3
                     ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(-1), grad_norm,
                 ])  # fmt: skip
-    out = dict(zip(_METRICS, totals / (cfg.update_epochs * cfg.num_minibatches), strict=True))
+    means = totals / (cfg.update_epochs * cfg.num_minibatches)
+    out: dict[str, Tensor] = dict(zip(_METRICS, means, strict=True))
     residual = (batch.ret - batch.value).var(-1)
     out["ppo/explained_variance"] = 1.0 - residual / batch.ret.var(-1)
     if cfg.era:
@@ -580,15 +581,14 @@ def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
     generators = rng.generators(seeds, device)
     obs_dim, action_dim = env_dims(cfg.env)
     agent = PPO(cfg, generators, obs_dim, action_dim, device)
-    step, iteration = 0, 0
-    if resume:
-        state = checkpoint.load(run_dir / "checkpoint.pt")  # RNG states must stay on the CPU
-        step, iteration = state["step"], state["iteration"]
+    # RNG states must stay on the CPU: no map_location.
+    state = checkpoint.load(run_dir / "checkpoint.pt") if resume else None
+    step, iteration = (state["step"], state["iteration"]) if state else (0, 0)
     logger = Logger(run_dir, seeds, resume_step=step if resume else None, tensorboard=cfg.tensorboard)  # fmt: skip
     # Env n of seed s resets with seed s * num_envs + n: independent of the other seeds.
     reset_seeds = [s * cfg.num_envs + n for s in seeds for n in range(cfg.num_envs)]
     collector = RolloutCollector(agent, cfg.env, logger, None if resume else reset_seeds)
-    if resume:
+    if state:
         agent.load_state_dict(state["agent"])
         agent.load_optimizer_state(state["optimizers"])
         for gen, gen_state in zip(generators, state["generators"], strict=True):
