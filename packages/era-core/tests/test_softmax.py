@@ -191,3 +191,29 @@ def test_compiles_and_exports():
     torch.testing.assert_close(torch.compile(module, backend="eager")(x), expected)
     exported = torch.export.export(module, (x,))
     torch.testing.assert_close(exported.module()(x), expected)
+
+
+def test_compiled_gradients_match_eager():
+    module = torch.nn.Sequential(torch.nn.Linear(8, 10), SoftmaxERA(0.6, calibration="tight"))
+    x = torch.randn(4, 8)
+
+    def gradients(model):
+        module.zero_grad()
+        model(x).pow(2).sum().backward()
+        return [parameter.grad.clone() for parameter in module.parameters()]
+
+    expected = gradients(module)
+    # aot_eager traces the backward pass as well, without needing a C++ compiler.
+    for got, want in zip(gradients(torch.compile(module, backend="aot_eager")), expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_masked_logits_get_zero_gradient_and_double_backward_is_refused():
+    logits = torch.randn(2, 6, dtype=torch.float64)
+    logits[:, 4:] = -math.inf
+    logits.requires_grad_(True)
+    out = softmax_era(logits, 0.5)
+    (gradient,) = torch.autograd.grad(out[:, :4].pow(2).sum(), logits, create_graph=True)
+    assert (gradient[:, 4:] == 0).all()
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gradient.sum().backward()
