@@ -23,6 +23,9 @@ PACKAGES = ["era-core", "era-control", "era-llm", "era-vision"]
 # Optional extras a package's tests exercise, and those only its benchmarks need.
 TEST_EXTRAS = {"era-core": [], "era-control": ["dmc"], "era-llm": [], "era-vision": ["timm"]}
 BENCH_EXTRAS = {"era-core": [], "era-control": ["bench"], "era-llm": ["trl"], "era-vision": []}
+# On GPU runners era-llm is tested with the real vLLM engine, which pins its own torch and so
+# lives in a separate fork of the lock (see [tool.uv] conflicts): group test-vllm, extra vllm.
+GPU_ENVIRONMENTS = {"era-llm": ("test-vllm", ["vllm"])}
 # pytest marker expression per device.
 DEVICES = {"cpu": "not gpu", "gpu": "gpu"}
 # Each package's demo: the main job on built-in defaults, writing under runs/demo/.
@@ -52,7 +55,10 @@ def sync(
 @nox.parametrize("package", PACKAGES)
 def tests(session: nox.Session, package: str, device: str) -> None:
     """Run one package's tests on one device (cpu: `-m "not gpu"`, gpu: `-m gpu`)."""
-    sync(session, package, "test", extras=TEST_EXTRAS[package])
+    group, extras = "test", TEST_EXTRAS[package]
+    if device == "gpu":
+        group, extras = GPU_ENVIRONMENTS.get(package, (group, extras))
+    sync(session, package, group, extras=extras)
     session.run(
         "pytest",
         f"packages/{package}/tests",
