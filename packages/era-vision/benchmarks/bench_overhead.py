@@ -55,6 +55,9 @@ def measure(name, size, classes, batch, args, device) -> dict:
             if rep >= args.warmup:
                 times[variant].append(t)
     plain, with_head = statistics.median(times["plain"]), statistics.median(times["era"])
+    # Each rep's two steps ran back to back, so their ratio cancels most of the load drift.
+    paired = sorted(100 * (e / p - 1) for p, e in zip(times["plain"], times["era"]))
+    low, high = _median_ci(paired)
     # The head alone on logits of the same shape: its cost does not drown in the backbone's
     # run-to-run noise, so head_% bounds the overhead even on a busy machine.
     logits = torch.randn(batch, classes, device=device, requires_grad=True)
@@ -67,11 +70,20 @@ def measure(name, size, classes, batch, args, device) -> dict:
         "plain_ms": 1000 * plain,
         "era_ms": 1000 * with_head,
         "overhead_%": 100 * (with_head / plain - 1),
+        "paired_%": statistics.median(paired),
+        "paired_ci95_%": f"[{low:.2f}, {high:.2f}]",
         "head_ms": 1000 * head_time,
         "head_%": 100 * head_time / plain,
         "plain_ms_iqr": 1000 * _iqr(times["plain"]),
         "era_ms_iqr": 1000 * _iqr(times["era"]),
     }
+
+
+def _median_ci(ordered: list[float]) -> tuple[float, float]:
+    """Distribution-free 95 % confidence interval of the median (sign test, normal approximation)."""
+    n = len(ordered)
+    k = max(0, int(n / 2 - 1.96 * n**0.5 / 2))
+    return ordered[k], ordered[n - 1 - k]
 
 
 def _iqr(values: list[float]) -> float:
@@ -98,7 +110,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
-    args.reps = args.reps or (50 if cuda else 10)
+    args.reps = args.reps or (50 if cuda else 30)
     rows = [
         measure("resnet18", 32, 10, args.batch_resnet18 or (256 if cuda else 32), args, device),
         measure("resnet50", 224, 1000, args.batch_resnet50 or (64 if cuda else 4), args, device),
@@ -114,6 +126,8 @@ def main() -> None:
                 "plain_ms",
                 "era_ms",
                 "overhead_%",
+                "paired_%",
+                "paired_ci95_%",
                 "plain_ms_iqr",
                 "era_ms_iqr",
                 "head_ms",
