@@ -3,7 +3,8 @@
 ``<run>/checkpoints/step-00000100/`` holds the model and tokenizer in ``save_pretrained``
 format (loadable by ``from_pretrained``, vLLM, or ``era-llm eval --model``), plus
 ``trainer_state.pt`` (optimiser, scheduler, step) and one ``rank<r>.pt`` per process (RNG
-and data-sampler state). A checkpoint is written to a temporary directory, flushed to disk
+and data-sampler state). Weights and optimiser state are saved whole (gathered from FSDP's
+shards, keyed by parameter name), so a run resumes under DDP, FSDP or a single process alike. A checkpoint is written to a temporary directory, flushed to disk
 and renamed into place; ``checkpoints/latest`` is replaced the same way, so a crash or kill
 at any moment leaves the previous checkpoint intact.
 """
@@ -15,16 +16,50 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from era_llm.distributed import barrier
 
 __all__ = [
     "latest_checkpoint",
     "load_checkpoint_state",
+    "load_optimizer_state",
+    "optimizer_state",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
 ]
+
+# Whole tensors on rank 0's CPU (other ranks get nothing): what a checkpoint file holds.
+_GATHERED = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimiser's whole state keyed by parameter name (collective: call on every rank).
+
+    Args:
+        module: The module whose parameters ``optimizer`` updates (FSDP-sharded or not).
+        optimizer: Its optimiser.
+
+    Returns:
+        The state on rank 0; an empty dict on other ranks of a sharded run.
+    """
+    return get_optimizer_state_dict(module, optimizer, options=_GATHERED)
+
+
+def load_optimizer_state(
+    module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Load what ``optimizer_state`` returned (every rank passes the whole state; FSDP keeps its shard)."""
+    set_optimizer_state_dict(
+        module, optimizer, state, options=StateDictOptions(full_state_dict=True)
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,6 +94,22 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(handle.fileno())
 
 
+def _share_tied(model: nn.Module, weights: dict[str, Any]) -> dict[str, Any]:
+    """Make tied parameters (an output projection tied to the embedding) one tensor again.
+
+    FSDP gathers each name separately; ``save_pretrained`` drops a tied copy only when it
+    shares storage with the original.
+    """
+    names: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    for first, *aliases in names.values():
+        for alias in aliases:
+            if alias in weights:
+                weights[alias] = weights[first]
+    return weights
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -71,12 +122,15 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint from every rank; rank 0 writes the shared parts and publishes it.
 
+    Collective: every rank must call it (FSDP's weight shards are gathered to rank 0).
+
     Args:
         run_dir: Run directory.
         step: Completed training steps.
-        model: The (unwrapped) transformers model.
+        model: The transformers model (not a DDP wrapper; FSDP-sharded is fine).
         tokenizer: Its tokenizer.
-        trainer_state: Rank-independent state (optimiser, scheduler, step); rank 0 saves it.
+        trainer_state: Rank-independent state (``optimizer_state``, scheduler, step); rank 0
+            saves it.
         rank_state: This rank's state (RNG, sampler).
         rank: This process's rank.
         keep: Number of most recent checkpoints to keep.
@@ -90,9 +144,10 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
+    weights = _share_tied(model, get_model_state_dict(model, options=_GATHERED))
     torch.save(rank_state, tmp / f"rank{rank}.pt")
     if rank == 0:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, tmp / "trainer_state.pt")
     barrier()

@@ -1,13 +1,18 @@
-"""torchrun integration: process group, rank-aware device, and the few collectives the trainer needs.
+"""torchrun integration: process group, device, DDP or FSDP2, and the trainer's collectives.
 
 Without torchrun (``WORLD_SIZE`` unset or 1) every helper degrades to the single-process case.
 """
 
+import contextlib
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "Distributed",
@@ -15,7 +20,12 @@ __all__ = [
     "all_reduce_sum",
     "any_rank",
     "barrier",
+    "clip_grad_norm",
+    "fsdp_available",
+    "gathered_weights",
+    "gradient_sync",
     "init_distributed",
+    "parallelize",
     "shutdown",
 ]
 
@@ -95,3 +105,130 @@ def shutdown() -> None:
     """Leave the process group."""
     if _active():
         dist.destroy_process_group()
+
+
+def fsdp_available() -> bool:
+    """Whether this torch has FSDP2 (``torch.distributed.fsdp.fully_shard``, torch >= 2.6)."""
+    if not dist.is_available():
+        return False
+    import torch.distributed.fsdp as fsdp
+
+    return hasattr(fsdp, "fully_shard") and hasattr(fsdp, "register_fsdp_forward_method")
+
+
+def parallelize(
+    scorer: nn.Module,
+    parallel: Literal["ddp", "fsdp"],
+    dist_info: Distributed,
+    bf16: bool = False,
+    trainable: bool = True,
+) -> nn.Module:
+    """Make ``scorer`` (a ``TokenScorer``) data-parallel over the torchrun ranks.
+
+    - ``ddp``: every rank keeps the whole model; the returned DDP wrapper averages gradients.
+      A frozen scorer (``trainable=False``, the KL reference) is returned as is.
+    - ``fsdp``: FSDP2 shards each decoder layer, then the scorer itself as the root, which
+      holds the embeddings, final norm and output projection: the scorer's forward gathers
+      them, so its direct read of the output projection sees the full weight. ``generate``
+      runs the LM outside that forward; it is registered as a forward method of the scorer
+      so that FSDP initialises and gathers the same way (generate inside
+      ``gathered_weights``). Parameters move to ``dist_info.device`` shard by shard (load
+      the model on the CPU).
+      With ``bf16`` the layers compute in bfloat16 and reduce gradients in float32.
+
+    In a single process ``scorer`` is returned unchanged.
+
+    Raises:
+        ValueError: ``fsdp`` for a model whose decoder has no ``layers`` list.
+    """
+    if dist_info.world_size == 1:
+        return scorer
+    if parallel == "ddp":
+        return DistributedDataParallel(scorer) if trainable else scorer
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import (
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
+
+    layers = getattr(scorer.model.get_decoder(), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"parallel=fsdp: {type(scorer.model).__name__} has no decoder.layers to shard; "
+            "use parallel=ddp"
+        )
+    # An explicit mesh: FSDP's default would pick CUDA even for a --device cpu run.
+    mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
+    precision = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if bf16
+        else MixedPrecisionPolicy()
+    )
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=precision)
+    fully_shard(scorer, mesh=mesh, mp_policy=precision)
+    register_fsdp_forward_method(scorer, "generate")
+    return scorer
+
+
+def _is_fsdp(module: nn.Module) -> bool:
+    if not fsdp_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+@contextlib.contextmanager
+def gathered_weights(module: nn.Module) -> Iterator[None]:
+    """Under FSDP, every rank holds the whole weights inside this block (no-op otherwise).
+
+    Sampling must not communicate: ranks generate different numbers of tokens and calls
+    (dynamic sampling refills on some ranks only), and a per-forward all-gather would leave
+    them waiting on each other. So every module is gathered once, kept gathered after its
+    forwards, and resharded on exit. This costs the whole weights in the compute dtype for
+    the duration of sampling (the float32 master weights, gradients and optimiser state
+    stay sharded).
+    """
+    sharded = [m for m in module.modules() if _is_fsdp(m)]
+    # The root keeps its weights after forward anyway (FSDP's default for the root).
+    inner = sharded[1:]
+    for m in inner:
+        m.set_reshard_after_forward(False, recurse=False)
+    for m in sharded:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in sharded:
+            m.reshard()
+        for m in inner:
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+@contextlib.contextmanager
+def gradient_sync(module: nn.Module, enabled: bool) -> Iterator[None]:
+    """Backward inside this block reduces gradients over ranks only when ``enabled``.
+
+    Gradient accumulation disables it for all but the last micro-batch, so ranks exchange
+    gradients once per optimiser step (DDP ``no_sync``, FSDP ``set_requires_gradient_sync``).
+    """
+    if _is_fsdp(module):
+        module.set_requires_gradient_sync(enabled)
+        yield
+    elif isinstance(module, DistributedDataParallel) and not enabled:
+        with module.no_sync():
+            yield
+    else:
+        yield
+
+
+def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> float:
+    """Clip the global gradient norm in place and return it (before clipping).
+
+    On FSDP's sharded parameters (DTensors) the norm is computed over all shards.
+    """
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    # Under FSDP the norm is a replicated DTensor.
+    return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()

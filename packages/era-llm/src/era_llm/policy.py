@@ -83,8 +83,9 @@ class TokenScorer(nn.Module):
     The decoder yields hidden states; era-core's chunked linear pass turns them into
     log-probs (under an optional per-token logit scale, for GRPO-ERA) and entropies (of the
     original logits) a chunk of tokens at a time, so float32 ``[tokens, vocab]`` logits never
-    exist for the whole batch. Wrap this module (not the LM) in DDP: its forward is the
-    training forward.
+    exist for the whole batch. Wrap this module (not the LM) in DDP or FSDP: its forward is
+    the training forward. It also stands in for the LM in a rollout (``generate``,
+    ``generation_config``), so that under FSDP generation gathers weights through it.
 
     Args:
         model: A transformers causal LM with a bias-free output projection.
@@ -161,7 +162,18 @@ class TokenScorer(nn.Module):
                 logprobs, entropy = self._linear_forward(hidden, weight, labels, logit_scale)
             else:
                 logprobs, entropy = self._topk_forward(hidden, weight, labels, logit_scale)
-        return logprobs, entropy, shaping_entropy
+        # Not views: FSDP warns about view outputs (an in-place op would skip its backward
+        # hook); copying these (batch, tokens) tensors costs nothing next to the pass.
+        return logprobs.clone(), entropy.clone(), shaping_entropy
+
+    @property
+    def generation_config(self) -> Any:
+        """The LM's generation config (EOS ids for the rollout)."""
+        return self.model.generation_config
+
+    def generate(self, **kwargs: Any) -> Tensor:
+        """The LM's ``generate``; FSDP registers it as a forward method of this module."""
+        return self.model.generate(**kwargs)
 
     def _linear_forward(
         self, hidden: Tensor, weight: Tensor, labels: Tensor, logit_scale: Tensor | None

@@ -12,7 +12,8 @@ One training step, top to bottom (``train``):
    weights.
 3. Log, checkpoint (atomically, also on SIGTERM/SIGINT), repeat.
 
-Under torchrun every rank samples its own shard of prompts; DDP averages gradients.
+Under torchrun every rank samples its own shard of prompts; DDP averages gradients, or
+FSDP2 (``parallel=fsdp``) also shards weights, gradients and optimiser state over the ranks.
 """
 
 import contextlib
@@ -35,6 +36,8 @@ from era_llm.advantages import group_advantages, informative_groups
 from era_llm.checkpoint import (
     latest_checkpoint,
     load_checkpoint_state,
+    load_optimizer_state,
+    optimizer_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -46,7 +49,12 @@ from era_llm.distributed import (
     all_reduce_mean,
     all_reduce_sum,
     any_rank,
+    clip_grad_norm,
+    fsdp_available,
+    gathered_weights,
+    gradient_sync,
     init_distributed,
+    parallelize,
     shutdown,
 )
 from era_llm.losses import LOSSES, Loss, LossConfig, PolicyTerms
@@ -94,6 +102,11 @@ class TrainConfig(LossConfig, RolloutConfig):
         "auto", "bf16: bf16 autocast over float32 weights; auto: bf16 on CUDA, fp32 on CPU"
     )
     device: str = help_field("auto", "auto, cpu, cuda or cuda:N (torchrun ranks use LOCAL_RANK)")
+    parallel: Literal["ddp", "fsdp"] = help_field(
+        "ddp",
+        "under torchrun: ddp (whole model per rank) or fsdp (FSDP2: weights, gradients and "
+        "optimiser state sharded per decoder layer, for models that do not fit one device)",
+    )
     gradient_checkpointing: bool = help_field(False, "recompute decoder activations in backward")
     logprob_chunk_size: int | None = help_field(
         None, "tokens per logits chunk (None: ~256 MiB chunks)"
@@ -131,6 +144,11 @@ class TrainConfig(LossConfig, RolloutConfig):
         check_positive("lr", self.lr)
         check_range("weight_decay", self.weight_decay, 0.0)
         check_positive("max_grad_norm", self.max_grad_norm)
+        if self.parallel == "fsdp" and not fsdp_available():
+            raise ValueError(
+                f"parallel=fsdp needs torch.distributed with FSDP2 (torch >= 2.6, this is "
+                f"{torch.__version__}); use parallel=ddp"
+            )
         batch = self.prompts_per_step * self.num_generations
         if batch % self.num_minibatches:
             raise ValueError(
@@ -268,8 +286,8 @@ def update_policy(
 
     Args:
         groups: This rank's sampled groups.
-        trainable: The ``TokenScorer`` (DDP-wrapped under torchrun) whose forward trains.
-        model: The unwrapped LM (for gradient clipping).
+        trainable: The ``TokenScorer`` (``parallelize``-d under torchrun) whose forward trains.
+        model: The LM inside it (for gradient clipping).
         optimizer: Its optimiser.
         scheduler: Learning-rate scheduler, stepped with the optimiser.
         loss: The registry entry for ``cfg.algo``.
@@ -317,12 +335,12 @@ def update_policy(
             if cfg.aggregation == "token-mean"
             else torch.tensor(float(len(minibatch)))
         )
-        # DDP averages gradients over ranks, so each rank divides by the global count / world.
+        # DDP and FSDP average gradients over ranks, so each rank divides by the global
+        # count / world.
         normaliser = all_reduce_sum(count.item(), device) / dist.world_size
         micro = minibatch.split(cfg.micro_batch_size)
         for i, rows in enumerate(micro):
-            sync = i == len(micro) - 1 or not isinstance(trainable, DistributedDataParallel)
-            with contextlib.nullcontext() if sync else trainable.no_sync(), autocast():
+            with gradient_sync(trainable, i == len(micro) - 1), autocast():
                 scale = None if logit_scale is None else logit_scale[rows]
                 shaping = None
                 if shape_inline:
@@ -356,9 +374,7 @@ def update_policy(
             policy_loss += value.item()
             for key, total in sums.items():
                 token_sums[key] = token_sums.get(key, 0.0) + total.item()
-        grad_norms.append(
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-        )
+        grad_norms.append(clip_grad_norm(model.parameters(), cfg.max_grad_norm))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -434,16 +450,25 @@ def train(cfg: TrainConfig) -> Path:
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     start_path = str(resume_from) if resume_from else cfg.model
     tokenizer = load_tokenizer(start_path)
-    model = load_model(start_path, dist.device)
+    # FSDP moves each rank's shards to its device; the whole model never has to fit there.
+    sharded = cfg.parallel == "fsdp" and dist.world_size > 1
+    load_device = torch.device("cpu") if sharded else dist.device
+    model = load_model(start_path, load_device)
     model.train()
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
     ref_scorer = None
     if cfg.kl_coef > 0:
-        ref_scorer = TokenScorer(
-            load_model(cfg.model, dist.device).eval().requires_grad_(False),
-            cfg.logprob_chunk_size,
-            cfg.topk_logprobs,
+        ref_scorer = parallelize(
+            TokenScorer(
+                load_model(cfg.model, load_device).eval().requires_grad_(False),
+                cfg.logprob_chunk_size,
+                cfg.topk_logprobs,
+            ),
+            cfg.parallel,
+            dist,
+            bf16,
+            trainable=False,
         )
 
     examples = load_examples(cfg.data, cfg.prompt_field, cfg.answer_field)
@@ -458,8 +483,9 @@ def train(cfg: TrainConfig) -> Path:
     prompts, answers = [encoded[i] for i in usable], [examples[i].answer for i in usable]
 
     scorer = TokenScorer(model, cfg.logprob_chunk_size, cfg.topk_logprobs)
-    trainable = DistributedDataParallel(scorer) if dist.world_size > 1 else scorer
-    # The fused kernel (CPU and CUDA) is several times faster than the per-tensor loop.
+    trainable = parallelize(scorer, cfg.parallel, dist, bf16)
+    # The fused kernel (CPU and CUDA, also on FSDP's DTensors) is several times faster than
+    # the per-tensor loop. Built after sharding, so it holds (and updates) the shards.
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=cfg.lr,
@@ -474,14 +500,15 @@ def train(cfg: TrainConfig) -> Path:
     step = 0
     if resume_from is not None:
         trainer_state, rank_state = load_checkpoint_state(resume_from, dist.rank)
-        optimizer.load_state_dict(trainer_state["optimizer"])
+        load_optimizer_state(scorer, optimizer, trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         step = trainer_state["step"]
         sampler.load_state_dict(rank_state["sampler"])
         set_rng_state(rank_state["rng"])
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
-    rollout = make_rollout(model, tokenizer, start_path, cfg, seed=cfg.seed + dist.rank)
+    # The hf backend generates through the scorer: under FSDP that gathers the weights.
+    rollout = make_rollout(scorer, tokenizer, start_path, cfg, seed=cfg.seed + dist.rank)
     logger = MetricLogger(run_dir, enabled=dist.is_main, resume_step=step)
     loss, reward_fn = LOSSES[cfg.algo], REWARDS[cfg.reward]
 
@@ -492,7 +519,7 @@ def train(cfg: TrainConfig) -> Path:
             model,
             tokenizer,
             trainer_state={
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state(scorer, optimizer),
                 "scheduler": scheduler.state_dict(),
                 "step": step,
             },
@@ -512,7 +539,11 @@ def train(cfg: TrainConfig) -> Path:
         with _StopSignal() as stop:
             while step < cfg.max_steps:
                 started = time.perf_counter()
-                with autocast():
+                # FSDP: sample from whole weights (hf generates with the scorer; vllm has its own).
+                gathered = (
+                    gathered_weights(scorer) if cfg.rollout == "hf" else contextlib.nullcontext()
+                )
+                with autocast(), gathered:
                     groups = collect_groups(
                         rollout, prompts, answers, sampler, tokenizer, reward_fn, cfg
                     )

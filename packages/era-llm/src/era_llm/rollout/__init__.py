@@ -116,7 +116,8 @@ def make_rollout(
     """Build the backend named by ``cfg.rollout``.
 
     Args:
-        model: The training model (``hf`` samples from it directly).
+        model: The training model, or the ``TokenScorer`` around it (``hf`` samples from
+            it directly; the trainer passes the scorer, through which FSDP gathers weights).
         tokenizer: Its tokenizer.
         model_path: Directory or id the weights came from (``vllm`` loads from it, then
             receives updates through ``update_weights``).

@@ -26,7 +26,7 @@ class HFRollout:
     Randomness comes from torch's global RNG (seeded and checkpointed by the trainer).
 
     Args:
-        model: A transformers causal LM.
+        model: A transformers causal LM, or a ``TokenScorer`` (which forwards ``generate``).
         pad_token_id: Id used to left-pad prompts.
         eos_token_ids: Ids that end a response.
         batch_size: Prompts per ``generate`` call.
@@ -67,8 +67,14 @@ class HFRollout:
                     [[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device
                 )
                 with torch.no_grad():
+                    # Ranks sample independently (different call counts under dynamic
+                    # sampling), so no lockstep: transformers would turn it on for FSDP
+                    # modules, where the trainer samples from gathered weights instead.
                     output = self.model.generate(
-                        input_ids=input_ids, attention_mask=mask, generation_config=config
+                        input_ids=input_ids,
+                        attention_mask=mask,
+                        generation_config=config,
+                        synced_gpus=False,
                     )
                 responses += [
                     trim_response(row, self.eos_token_ids) for row in output[:, width:].tolist()

@@ -89,7 +89,13 @@ class VLLMRollout:
         return responses
 
     def update_weights(self, model: Any) -> None:
-        """Copy ``model``'s parameters into the engine and drop its stale prefix cache."""
-        weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+        """Copy ``model``'s parameters into the engine and drop its stale prefix cache.
+
+        Collective under FSDP: every rank gathers the whole weights for its own engine.
+        """
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        weights = [(name, tensor.detach()) for name, tensor in state.items()]
         self.llm.apply_model(lambda engine_model: engine_model.load_weights(weights))
         self.llm.reset_prefix_cache()
