@@ -100,6 +100,33 @@ def test_linear_logprobs_and_entropy_match_naive(with_scale, chunk_size):
         torch.testing.assert_close(grad, ref)
 
 
+@pytest.mark.parametrize("with_scale", [False, True])
+@pytest.mark.parametrize("used", ["logprobs", "entropy"])
+def test_gradient_of_one_output_alone(with_scale, used):
+    # The unused output's gradient arrives as None and its terms are skipped.
+    hidden = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(13, 6, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 13, (7,))
+    scale = torch.where(torch.rand(7) < 0.5, 2.0, 0.5).double() if with_scale else None
+    pick = 0 if used == "logprobs" else 1
+    got = linear_logprobs_and_entropy(hidden, weight, labels, 3, scale)[pick]
+    logits = hidden @ weight.T
+    scaled = logits * scale.unsqueeze(-1) if with_scale else logits
+    want = (
+        naive_logprobs_and_entropy(scaled, labels)[0],
+        naive_logprobs_and_entropy(logits, labels)[1],
+    )[pick]
+    w = torch.randn(7, dtype=torch.float64)
+    grads = torch.autograd.grad((w * got).sum(), (hidden, weight))
+    refs = torch.autograd.grad((w * want).sum(), (hidden, weight))
+    for grad, ref in zip(grads, refs):
+        torch.testing.assert_close(grad, ref)
+    z = torch.randn(7, 13, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad((w * logprobs_and_entropy(z, labels, 3)[pick]).sum(), z)
+    (ref,) = torch.autograd.grad((w * naive_logprobs_and_entropy(z, labels)[pick]).sum(), z)
+    torch.testing.assert_close(grad, ref)
+
+
 def test_linear_logprobs_and_entropy_gradcheck():
     hidden = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)

@@ -252,6 +252,10 @@ def categorical_entropy(logits: Tensor, dim: int = -1, chunk_size: int | None = 
     return logprobs_and_entropy(z, labels, chunk_size)[1]
 
 
+def _rows(grad: Tensor | None, rows: slice) -> Tensor | None:
+    return None if grad is None else grad[rows]
+
+
 def _auto_chunk(vocab: int, chunk_size: int | None) -> int:
     if chunk_size is None:
         return max(1, _CHUNK_ELEMENTS // vocab)
@@ -264,16 +268,21 @@ def _logprob_entropy_grad(
     p: Tensor,
     entropy: Tensor,
     labels: Tensor,
-    grad_logprob: Tensor,
-    grad_entropy: Tensor,
+    grad_logprob: Tensor | None,
+    grad_entropy: Tensor | None,
 ) -> Tensor:
     """Gradient w.r.t. logits of ``log p[label]`` and entropy, both from the same softmax.
 
-    ``d log p_y / dz = onehot(y) - p``; ``dH / dz_j = -p_j (log p_j + H)``.
+    ``d log p_y / dz = onehot(y) - p``; ``dH / dz_j = -p_j (log p_j + H)``. A ``None``
+    gradient (that output is unused, e.g. an entropy only logged) skips its terms.
     """
-    g_lp, g_h = grad_logprob.unsqueeze(-1), grad_entropy.unsqueeze(-1)
-    grad = -p * (g_lp + g_h * (log_p + entropy.unsqueeze(-1)))
-    return grad.scatter_add(-1, labels.unsqueeze(-1), g_lp)
+    grad = torch.zeros_like(p)
+    if grad_entropy is not None:
+        grad.addcmul_(p, log_p + entropy.unsqueeze(-1), value=-1.0).mul_(grad_entropy.unsqueeze(-1))
+    if grad_logprob is not None:
+        g_lp = grad_logprob.unsqueeze(-1)
+        grad.addcmul_(p, g_lp, value=-1.0).scatter_add_(-1, labels.unsqueeze(-1), g_lp)
+    return grad
 
 
 class _ChunkedLogprobEntropy(torch.autograd.Function):
@@ -290,17 +299,27 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
             logprobs[rows] = log_p.gather(-1, labels[rows].unsqueeze(-1)).squeeze(-1)
         ctx.save_for_backward(logits, labels, entropy, lse)
         ctx.chunk = chunk
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
         return logprobs, entropy
 
     @staticmethod
-    def backward(ctx: Any, grad_logprob: Tensor, grad_entropy: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_logprob: Tensor | None, grad_entropy: Tensor | None
+    ) -> tuple[Tensor | None, None, None]:
         logits, labels, entropy, lse = ctx.saved_tensors
+        if grad_logprob is None and grad_entropy is None:
+            return None, None, None
         grad = torch.empty_like(logits)
         for start in range(0, labels.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
             log_p, p, _ = _softmax_terms(logits[rows], lse[rows])
             grad[rows] = _logprob_entropy_grad(
-                log_p, p, entropy[rows], labels[rows], grad_logprob[rows], grad_entropy[rows]
+                log_p,
+                p,
+                entropy[rows],
+                labels[rows],
+                _rows(grad_logprob, rows),
+                _rows(grad_entropy, rows),
             )
         return grad, None, None
 
@@ -350,38 +369,42 @@ class _LinearLogprobEntropy(torch.autograd.Function):
             logprobs[rows] = log_p.gather(-1, labels[rows].unsqueeze(-1)).squeeze(-1)
         ctx.save_for_backward(hidden, weight, labels, scale, entropy, lse, scaled_lse)
         ctx.chunk = chunk
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
         return logprobs, entropy
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, grad_logprob: Tensor, grad_entropy: Tensor
+        ctx: Any, grad_logprob: Tensor | None, grad_entropy: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
         hidden, weight, labels, scale, entropy, lse, scaled_lse = ctx.saved_tensors
+        if grad_logprob is None and grad_entropy is None:
+            return None, None, None, None, None
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         # Accumulate the weight gradient over chunks in float32 (or float64), cast once at the end.
         wants_weight = ctx.needs_input_grad[1]
         grad_weight = (
             torch.zeros_like(weight, dtype=_compute_dtype(weight)) if wants_weight else None
         )
-        no_grad = torch.zeros_like(grad_logprob)
         for start in range(0, labels.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
+            g_lp, g_h = _rows(grad_logprob, rows), _rows(grad_entropy, rows)
             logits = hidden[rows] @ weight.T
-            log_p, p, _ = _softmax_terms(logits, lse[rows])
             if scale is None:
-                grad = _logprob_entropy_grad(
-                    log_p, p, entropy[rows], labels[rows], grad_logprob[rows], grad_entropy[rows]
-                )
+                log_p, p, _ = _softmax_terms(logits, lse[rows])
+                grad = _logprob_entropy_grad(log_p, p, entropy[rows], labels[rows], g_lp, g_h)
             else:
-                # Entropy of the original logits, log-prob of the scaled ones (dz'/dz = scale).
+                # Log-prob of the scaled logits (dz'/dz = scale), entropy of the original ones:
+                # each softmax is recomputed only if its output is used.
                 s = scale[rows, None]
-                grad = _logprob_entropy_grad(
-                    log_p, p, entropy[rows], labels[rows], no_grad[rows], grad_entropy[rows]
-                )
-                log_q, q, _ = _softmax_terms(logits.to(s.dtype) * s, scaled_lse[rows])
-                grad += s * _logprob_entropy_grad(
-                    log_q, q, entropy[rows], labels[rows], grad_logprob[rows], no_grad[rows]
-                )
+                grad = torch.zeros(logits.shape, dtype=scaled_lse.dtype, device=logits.device)
+                if g_lp is not None:
+                    log_q, q, _ = _softmax_terms(logits.to(s.dtype) * s, scaled_lse[rows])
+                    grad += s * _logprob_entropy_grad(
+                        log_q, q, entropy[rows], labels[rows], g_lp, None
+                    )
+                if g_h is not None:
+                    log_p, p, _ = _softmax_terms(logits, lse[rows])
+                    grad += _logprob_entropy_grad(log_p, p, entropy[rows], labels[rows], None, g_h)
             if grad_hidden is not None:
                 grad_hidden[rows] = grad.to(weight.dtype) @ weight
             if grad_weight is not None:
