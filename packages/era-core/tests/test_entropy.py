@@ -211,6 +211,20 @@ def test_truncated_normal_density_entropy_mean_and_samples(loc, scale):
     assert samples.mean().item() == pytest.approx(dist.mean.item(), abs=0.01)
 
 
+@pytest.mark.parametrize(("loc", "scale"), [(0.3, 0.7), (-3.0, 0.5), (2.5, 0.4)])
+def test_truncated_normal_icdf_inverts_the_cdf(loc, scale):
+    # (-3, 0.5) and (2.5, 0.4) put [-1, 1] deep in a tail; the first is sampled mirrored.
+    dist = TruncatedNormal(torch.tensor(loc, dtype=torch.float64), scale)
+    u = torch.linspace(0.01, 0.99, 41, dtype=torch.float64)
+    x = dist.icdf(u)
+    assert (x.diff() > 0).all() and (x >= -1).all() and (x <= 1).all()
+    bounds = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    phi = lambda v: torch.special.ndtr((v - loc) / scale)  # noqa: E731
+    low, high = phi(bounds)
+    cdf = (phi(x) - low) / (high - low)
+    torch.testing.assert_close(cdf, u, atol=1e-6, rtol=0)
+
+
 def test_truncated_normal_rsample_is_differentiable_and_outside_has_zero_density():
     loc = torch.tensor([0.2, -0.5], requires_grad=True)
     scale = torch.tensor([0.3, 0.1], requires_grad=True)

@@ -74,15 +74,8 @@ class TruncatedTanhNormal:
 
     def sample(self, generators: Sequence[torch.Generator]) -> ActionSample:
         """Reparametrised sample by the inverse CDF of per-seed uniform noise."""
-        loc, scale = self.dist.loc, self.dist.scale
-        low = torch.special.ndtr((self.dist.low - loc) / scale)
-        mass = torch.special.ndtr((self.dist.high - loc) / scale) - low
-        uniform = rng.rand(generators, loc.shape[1:], loc.device)
-        # Inverse CDF. loc = tanh(mean) lies in [-1, 1], so the interval always holds the
-        # centre of the Gaussian and its CDF values are well conditioned (no tail trick needed).
-        tiny = torch.finfo(loc.dtype).eps
-        quantile = (low + uniform * mass).clamp(tiny, 1.0 - tiny)
-        action = (loc + scale * torch.special.ndtri(quantile)).clamp(self.dist.low, self.dist.high)
+        uniform = rng.rand(generators, self.dist.loc.shape[1:], self.dist.loc.device)
+        action = self.dist.icdf(uniform)
         return ActionSample(action, self.dist.log_prob(action).sum(-1), self.dist.entropy().sum(-1))
 
     def mode(self) -> Tensor:
