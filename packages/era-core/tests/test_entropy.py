@@ -262,6 +262,21 @@ def test_constant_delta_and_errors():
         DeltaTuner(1.0, init_delta=0.0, learnable=True)
     with pytest.raises(ValueError, match="init_delta"):
         DeltaTuner(1.0, init_delta=-0.1)
+    with pytest.raises(ValueError, match=r"init_delta.*\[0, 0\.2\]"):
+        DeltaTuner(1.0, init_delta=0.3, max_delta=0.2)
+    with pytest.raises(ValueError, match="max_delta"):
+        DeltaTuner(1.0, init_delta=0.0, max_delta=-0.1)
+
+
+def test_delta_tuner_clamp_projects_a_learnt_delta_under_its_cap():
+    tuner = DeltaTuner(1.0, init_delta=0.1, learnable=True, batch_shape=(2,), max_delta=0.2)
+    optimizer = torch.optim.SGD(tuner.parameters(), lr=10.0)
+    # Entropy far below target on member 0: delta grows past the cap, then is projected back.
+    tuner.loss(torch.tensor([[-5.0], [1.0]])).backward()
+    optimizer.step()
+    assert tuner.delta[0] > 0.2
+    tuner.clamp_()
+    torch.testing.assert_close(tuner.delta, torch.tensor([0.2, 0.1]))
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

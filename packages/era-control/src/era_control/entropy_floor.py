@@ -16,7 +16,6 @@ from era_core.validation import check_range
 __all__ = [
     "ERA_TARGET_PER_DIM",
     "UNIT_GAUSSIAN_ENTROPY",
-    "cap_delta_",
     "check_target_entropy",
     "delta_tuner",
 ]
@@ -65,8 +64,8 @@ def delta_tuner(
     learnable: bool,
     seeds: int,
     device: torch.device | str | None = None,
-) -> tuple[DeltaTuner, float]:
-    """One ``delta`` per seed, and the largest ``delta`` that keeps ``H0 + delta`` feasible.
+) -> DeltaTuner:
+    """One ``delta`` per seed, capped where ``H0 + delta`` would leave the Gaussian's range.
 
     Args:
         target_entropy: ``H0`` in nats, total over action dims.
@@ -78,7 +77,7 @@ def delta_tuner(
         device: Where delta lives.
 
     Returns:
-        The tuner and the cap to project delta under after each step (:func:`cap_delta_`).
+        The tuner; call its ``clamp_`` after each optimiser step to project delta under the cap.
 
     Raises:
         ValueError: ``delta_init`` outside ``[0, cap]``.
@@ -92,12 +91,4 @@ def delta_tuner(
         max_delta,
         why=f"H0 + delta must stay below the Gaussian's maximum entropy {max_entropy:.4g}",
     )
-    tuner = DeltaTuner(target_entropy, delta_init, learnable, (seeds,)).to(device)
-    return tuner, max_delta
-
-
-@torch.no_grad()
-def cap_delta_(tuner: DeltaTuner, max_delta: float) -> None:
-    """Project a learnt delta back under ``max_delta`` (after an optimiser step)."""
-    if tuner.learnable:
-        tuner.log_delta.clamp_(max=math.log(max_delta))
+    return DeltaTuner(target_entropy, delta_init, learnable, (seeds,), max_delta).to(device)

@@ -34,7 +34,6 @@ from era_control.config import RunConfig, help_field, to_dict
 from era_control.distributions import normal_log_prob, tanh_log_abs_det
 from era_control.entropy_floor import (
     ERA_TARGET_PER_DIM,
-    cap_delta_,
     check_target_entropy,
     delta_tuner,
 )
@@ -230,7 +229,7 @@ class PPO(nn.Module):
         if cfg.era:
             self.target_entropy = cfg.entropy_target(action_dim)
             self.era = GaussianERA(self.target_entropy, cfg.log_std_min, cfg.log_std_max)
-            self.delta, self.max_delta = delta_tuner(
+            self.delta = delta_tuner(
                 self.target_entropy, action_dim, cfg.log_std_max, cfg.delta_init,
                 cfg.learn_delta, seeds, device,
             )  # fmt: skip
@@ -425,7 +424,7 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
                 agent.delta_opt.zero_grad(set_to_none=True)
                 agent.delta.loss(executed).backward()
                 agent.delta_opt.step()
-                cap_delta_(agent.delta, agent.max_delta)
+                agent.delta.clamp_()
 
             with torch.no_grad():  # in the order of _METRICS
                 totals += torch.stack([

@@ -33,7 +33,6 @@ from era_control.distributions import (
 )
 from era_control.entropy_floor import (
     ERA_TARGET_PER_DIM,
-    cap_delta_,
     check_target_entropy,
     delta_tuner,
 )
@@ -200,8 +199,8 @@ class SAC(nn.Module):
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
         entropy_params: list[Tensor] = []
         if cfg.era:
-            # delta is projected back under max_delta after each step (H0 + delta stays feasible).
-            self.delta, self.max_delta = delta_tuner(
+            # delta is projected back under its cap after each step (H0 + delta stays feasible).
+            self.delta = delta_tuner(
                 self.target_entropy, action_dim, cfg.log_std_max, cfg.delta_init,
                 cfg.learn_delta, seeds, device,
             )  # fmt: skip
@@ -267,7 +266,7 @@ class SAC(nn.Module):
         if era:
             if self.entropy_opt is not None:
                 _descend(self.entropy_opt, self.delta.loss(sample.entropy))
-                cap_delta_(self.delta, self.max_delta)
+                self.delta.clamp_()
             metrics["era/delta"] = self.delta.delta.detach()
         else:
             alpha_loss = -(

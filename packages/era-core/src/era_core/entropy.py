@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import broadcast_all
 
-from era_core.validation import check_positive, check_range
+from era_core.validation import check_range
 
 __all__ = [
     "DeltaTuner",
@@ -168,6 +168,8 @@ class DeltaTuner(nn.Module):
         init_delta: Starting (or constant) delta; ``> 0`` when learnable.
         learnable: Learn delta (minimise ``loss`` with an optimiser over ``parameters()``).
         batch_shape: One independent delta per ensemble member, e.g. ``(num_seeds,)``.
+        max_delta: Largest allowed delta, e.g. what keeps ``H0 + delta`` below the
+            Gaussian's maximum entropy; ``clamp_`` projects a learnt delta back under it.
     """
 
     def __init__(
@@ -176,14 +178,21 @@ class DeltaTuner(nn.Module):
         init_delta: float = 0.0,
         learnable: bool = False,
         batch_shape: tuple[int, ...] = (),
+        max_delta: float | None = None,
     ) -> None:
         super().__init__()
-        if learnable:
-            check_positive("init_delta", init_delta)
-        else:
-            check_range("init_delta", init_delta, 0.0)
+        if max_delta is not None:
+            check_range("max_delta", max_delta, 0.0)
+        check_range(
+            "init_delta",
+            init_delta,
+            0.0,
+            max_delta,
+            low_inclusive=not learnable,
+            why="learnt as log(delta)" if learnable else "",
+        )
         self.target_entropy = float(target_entropy)
-        self.learnable = learnable
+        self.learnable, self.max_delta = learnable, max_delta
         value = torch.full(batch_shape, float(init_delta))
         if learnable:
             self.log_delta = nn.Parameter(value.log())
@@ -199,6 +208,12 @@ class DeltaTuner(nn.Module):
     def era_target(self) -> Tensor:
         """``H0 + delta``, detached: the target to hand to the ERA activation."""
         return (self.target_entropy + self.delta).detach()
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Project a learnt delta back under ``max_delta``; call it after each optimiser step."""
+        if self.learnable and self.max_delta is not None:
+            self.log_delta.clamp_(max=math.log(self.max_delta))
 
     def loss(self, entropy: Tensor) -> Tensor:
         """``sum over members of delta * mean(H - H0)``; ``entropy`` is detached here.
