@@ -419,15 +419,17 @@ class _LinearLogprobEntropy(torch.autograd.Function):
                 # Log-prob of the scaled logits (dz'/dz = scale), entropy of the original ones:
                 # each softmax is recomputed only if its output is used.
                 s = scale[rows, None]
-                grad = torch.zeros(logits.shape, dtype=scaled_lse.dtype, device=logits.device)
+                grad = None  # at least one of the two terms is used (checked above)
                 if g_lp is not None:
                     log_q, q, _ = _softmax_terms(logits.to(s.dtype) * s, scaled_lse[rows])
-                    grad += s * _logprob_entropy_grad(
+                    grad = _logprob_entropy_grad(
                         log_q, q, entropy[rows], labels[rows], g_lp, None
-                    )
+                    ).mul_(s)
                 if g_h is not None:
                     log_p, p, _ = _softmax_terms(logits, lse[rows])
-                    grad += _logprob_entropy_grad(log_p, p, entropy[rows], labels[rows], None, g_h)
+                    term = _logprob_entropy_grad(log_p, p, entropy[rows], labels[rows], None, g_h)
+                    grad = term if grad is None else grad.add_(term)
+                assert grad is not None
             if grad_hidden is not None:
                 grad_hidden[rows] = grad.to(weight.dtype) @ weight
             if grad_weight is not None:
