@@ -2,10 +2,11 @@
 
 - ``era_core.functional``: the activations as pure functions.
 - ``era_core.nn``: thin ``nn.Module`` wrappers.
+- ``era_core.cli``: ``UsageError`` and the one-line error convention of the ERA commands.
 - ``era_core.entropy``: entropies, chunked log-prob/entropy passes, bounded-action helpers, ``DeltaTuner``.
 """
 
-from era_core import entropy, functional, nn, validation
+from era_core import cli, entropy, functional, nn, validation
 from era_core.entropy import DeltaTuner, TruncatedNormal
 from era_core.functional import (
     gaussian_era,
@@ -16,7 +17,7 @@ from era_core.functional import (
 )
 from era_core.nn import GaussianERA, SoftmaxERA
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DeltaTuner",
@@ -24,6 +25,7 @@ __all__ = [
     "SoftmaxERA",
     "TruncatedNormal",
     "__version__",
+    "cli",
     "entropy",
     "functional",
     "gaussian_era",
