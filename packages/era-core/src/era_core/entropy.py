@@ -1,4 +1,7 @@
-"""Entropies, memory-lean log-prob/entropy passes for large vocabularies, and bounded-action helpers."""
+"""Entropies, memory-lean log-prob/entropy passes for large vocabularies, and bounded-action helpers.
+
+dtypes and checks follow the rules in ``era_core.functional``'s module docstring.
+"""
 
 import math
 from typing import Any, cast
@@ -8,7 +11,13 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import broadcast_all
 
-from era_core.validation import check_range
+from era_core.validation import (
+    check_dim,
+    check_floating,
+    check_range,
+    check_shape,
+    compute_dtype,
+)
 
 __all__ = [
     "DeltaTuner",
@@ -32,6 +41,7 @@ def gaussian_entropy(log_std: Tensor) -> Tensor:
 
     Shape: ``(*batch, D) -> (*batch,)``.
     """
+    check_floating("log_std", log_std)
     return (log_std + _GAUSSIAN_UNIT_ENTROPY).sum(-1)
 
 
@@ -45,6 +55,8 @@ def tanh_gaussian_entropy(
 
     Shape: ``(*batch, D) -> (*batch,)``.
     """
+    check_floating("mean", mean)
+    check_floating("log_std", log_std)
     check_range("num_samples", num_samples, 1)
     shape = cast(torch.Size, torch.broadcast_shapes(mean.shape, log_std.shape))  # pyright: ignore[reportUnknownMemberType]
     noise = torch.randn(
@@ -79,6 +91,9 @@ class TruncatedNormal(Distribution):
         check_range(
             "low", low, None, high, high_inclusive=False, why=f"must be below high={high:g}"
         )
+        for name, value in (("loc", loc), ("scale", scale)):
+            if isinstance(value, Tensor):
+                check_floating(name, value)
         broadcast: tuple[Tensor, Tensor] = broadcast_all(loc, scale)  # pyright: ignore[reportAssignmentType]
         self.loc, self.scale = broadcast
         self.low, self.high = low, high
@@ -223,6 +238,7 @@ class DeltaTuner(nn.Module):
                 dimensions are averaged, members are summed (so a member's gradient does
                 not depend on the ensemble size).
         """
+        check_floating("entropy", entropy)
         gap = entropy.detach() - self.target_entropy
         gap = gap.reshape(*self.delta.shape, -1).mean(-1)
         return (self.delta * gap).sum()
@@ -235,11 +251,6 @@ class DeltaTuner(nn.Module):
 # --------------------------------------------------------------------------- categorical
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """float32, or float64 for float64 inputs: low-precision inputs are upcast, never downcast."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
 def _softmax_terms(z: Tensor, lse: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``log p``, ``p`` and the row log-sum-exp of logits, in float32 or higher.
 
@@ -247,7 +258,7 @@ def _softmax_terms(z: Tensor, lse: Tensor | None = None) -> tuple[Tensor, Tensor
     finite value, so ``p * log p`` and the gradients stay 0 instead of NaN. Passing the
     forward pass's ``lse`` skips the reduction in the backward recomputation.
     """
-    z = z.to(_compute_dtype(z))
+    z = z.to(compute_dtype(z))
     if lse is None:
         lse = torch.logsumexp(z, dim=-1)
     log_p = (z - lse.unsqueeze(-1)).clamp_(min=torch.finfo(z.dtype).min)
@@ -265,8 +276,15 @@ def categorical_entropy(logits: Tensor, dim: int = -1, chunk_size: int | None = 
     processed ``chunk_size`` at a time forward and backward, so at most one chunk of float32
     probabilities exists (use it for large vocabularies).
 
-    Shape: ``(..., D, ...) -> (...)`` with ``dim`` removed; float32 (float64 stays float64).
+    Shape: ``(..., D, ...) -> (...)`` with ``dim`` removed, ``D >= 1``; float32 (float64
+    stays float64).
     """
+    check_floating("logits", logits)
+    dim = check_dim("dim", dim, logits.dim())
+    if logits.shape[dim] == 0:
+        raise ValueError(
+            f"logits must have at least one class along dim={dim}, got shape {tuple(logits.shape)}"
+        )
     z = logits.movedim(dim, -1)
     if chunk_size is None:
         log_p, p, _ = _softmax_terms(z)
@@ -313,7 +331,7 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: Tensor, labels: Tensor, chunk: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        logprobs = torch.empty(labels.shape, dtype=_compute_dtype(logits), device=logits.device)
+        logprobs = torch.empty(labels.shape, dtype=compute_dtype(logits), device=logits.device)
         entropy, lse = torch.empty_like(logprobs), torch.empty_like(logprobs)
         for start in range(0, labels.shape[0], chunk):
             rows = slice(start, start + chunk)
@@ -347,6 +365,20 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
         return grad, None, None
 
 
+def _check_logits_and_labels(name: str, logits: Tensor, labels: Tensor) -> None:
+    """``logits`` (or hidden states) ``(..., n)`` floating with ``n >= 1``; integer ``labels`` ``(...)``."""
+    check_floating(name, logits)
+    if logits.dim() == 0 or logits.shape[-1] == 0:
+        raise ValueError(
+            f"{name} must have a non-empty last dimension, got shape {tuple(logits.shape)}"
+        )
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    check_shape(
+        "labels", labels.shape, logits.shape[:-1], f"the shape of {name} without its last dim"
+    )
+
+
 def logprobs_and_entropy(
     logits: Tensor, labels: Tensor, chunk_size: int | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -357,13 +389,14 @@ def logprobs_and_entropy(
     from both outputs.
 
     Args:
-        logits: Shape ``(..., vocab)``, any float dtype.
-        labels: Shape ``(...)``, indices in ``[0, vocab)``.
+        logits: Shape ``(..., vocab)``, any float dtype, ``vocab >= 1``.
+        labels: Shape ``(...)``, integer indices in ``[0, vocab)``.
         chunk_size: Rows (tokens) per chunk; ``None`` picks about 256 MiB of float32 per chunk.
 
     Returns:
         ``(logprobs, entropy)``, float32 (float64 for float64 inputs), shape ``(...)``.
     """
+    _check_logits_and_labels("logits", logits, labels)
     vocab = logits.shape[-1]
     chunk = _auto_chunk(vocab, chunk_size)
     flat_logits, flat_labels = logits.reshape(-1, vocab), labels.reshape(-1)
@@ -378,7 +411,7 @@ class _LinearLogprobEntropy(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, hidden: Tensor, weight: Tensor, labels: Tensor, scale: Tensor | None, chunk: int
     ) -> tuple[Tensor, Tensor]:
-        logprobs = torch.empty(labels.shape, dtype=_compute_dtype(hidden), device=hidden.device)
+        logprobs = torch.empty(labels.shape, dtype=compute_dtype(hidden), device=hidden.device)
         entropy, lse, scaled_lse = (torch.empty_like(logprobs) for _ in range(3))
         for start in range(0, labels.shape[0], chunk):
             rows = slice(start, start + chunk)
@@ -406,7 +439,7 @@ class _LinearLogprobEntropy(torch.autograd.Function):
         # Accumulate the weight gradient over chunks in float32 (or float64), cast once at the end.
         wants_weight = ctx.needs_input_grad[1]
         grad_weight = (
-            torch.zeros_like(weight, dtype=_compute_dtype(weight)) if wants_weight else None
+            torch.zeros_like(weight, dtype=compute_dtype(weight)) if wants_weight else None
         )
         for start in range(0, labels.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
@@ -454,15 +487,25 @@ def linear_logprobs_and_entropy(
     gives exact gradients for ``hidden`` and ``lm_head_weight``.
 
     Args:
-        hidden: Shape ``(..., d)``.
+        hidden: Shape ``(..., d)``, floating point.
         lm_head_weight: Shape ``(vocab, d)``, same dtype as ``hidden``.
-        labels: Shape ``(...)``.
+        labels: Shape ``(...)``, integer.
         chunk_size: Tokens per chunk; ``None`` picks about 256 MiB of float32 logits per chunk.
-        logit_scale: Optional per-token scale, shape ``(...)``; no gradient flows into it.
+        logit_scale: Optional per-token scale, shape ``(...)``, floating point; no gradient
+            flows into it.
 
     Returns:
         ``(logprobs, entropy)``, float32 (float64 for float64 inputs), shape ``(...)``.
     """
+    _check_logits_and_labels("hidden", hidden, labels)
+    check_floating("lm_head_weight", lm_head_weight)
+    if lm_head_weight.dim() != 2:
+        raise ValueError(
+            f"lm_head_weight must have shape (vocab, d), got {tuple(lm_head_weight.shape)}"
+        )
+    if logit_scale is not None:
+        check_floating("logit_scale", logit_scale)
+        check_shape("logit_scale", logit_scale.shape, labels.shape, "one scale per token")
     vocab, width = lm_head_weight.shape
     if hidden.shape[-1] != width:
         raise ValueError(
@@ -470,7 +513,7 @@ def linear_logprobs_and_entropy(
         )
     chunk = _auto_chunk(vocab, chunk_size)
     scale = (
-        None if logit_scale is None else logit_scale.detach().reshape(-1).to(_compute_dtype(hidden))
+        None if logit_scale is None else logit_scale.detach().reshape(-1).to(compute_dtype(hidden))
     )
     logprobs, entropy = _LinearLogprobEntropy.apply(
         hidden.reshape(-1, width), lm_head_weight, labels.reshape(-1), scale, chunk
@@ -484,11 +527,12 @@ def topk_logprobs(logits: Tensor, labels: Tensor, k: int = 20) -> Tensor:
     A label outside the top ``k`` joins the normalising set, so the result is always finite
     and ``<= 0`` (the reference code's option for low-variance GRPO-ERA log-probs).
 
-    Shape: ``(..., vocab), (...) -> (...)``, float32.
+    Shape: ``(..., vocab), (...) -> (...)``, float32 (float64 stays float64); integer labels.
     """
+    _check_logits_and_labels("logits", logits, labels)
     check_range("k", k, 1, logits.shape[-1])
     top_values, top_index = logits.topk(k, dim=-1)
-    label_logit = logits.gather(-1, labels.unsqueeze(-1)).to(_compute_dtype(logits))
+    label_logit = logits.gather(-1, labels.unsqueeze(-1)).to(compute_dtype(logits))
     outside = (top_index != labels.unsqueeze(-1)).all(-1, keepdim=True)
     extra = label_logit.masked_fill(~outside, -math.inf)
     normaliser = torch.logsumexp(torch.cat([top_values.to(extra.dtype), extra], dim=-1), dim=-1)

@@ -2,17 +2,38 @@
 
 Each activation maps a network's raw output to the parameters of a distribution whose
 entropy is at least a floor, for every input, by construction (method.md §1-§3).
+
+Rules shared by every function here and in ``era_core.entropy`` and ``era_core.nn``:
+
+- **dtype.** Tensor inputs that are computed on must be floating point (float16, bfloat16,
+  float32 or float64); integer, bool and complex tensors raise ``TypeError`` naming the
+  dtype (masks and labels are the exceptions, as documented). The math runs in float32, or
+  float64 for float64 inputs: half-precision inputs are upcast, never the reverse. Activations
+  return the input's dtype; entropies and log-probs are returned in the compute dtype.
+- **Checks.** Bad arguments raise ``ValueError`` naming the parameter and the allowed range,
+  including a ``dim`` out of range and a mask or target whose shape does not fit. Checks on
+  the values inside tensors (finite targets, NaN logits) run on CPU tensors in eager mode
+  only, so a CUDA call never waits for the device and ``torch.compile`` sees no graph break;
+  there, bad values give NaN instead (see ``era_core.validation``).
 """
 
 import functools
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from era_core.validation import check_range
+from era_core.validation import (
+    check_dim,
+    check_floating,
+    check_range,
+    check_shape,
+    check_tensor_range,
+    checks_values,
+    compute_dtype,
+)
 
 __all__ = [
     "gaussian_era",
@@ -46,23 +67,34 @@ def gaussian_era(
     Without the clip the Gaussian's entropy is exactly ``target_entropy``; the clip only raises it.
     The network still chooses how the entropy budget is spread over dimensions.
 
+    The math runs in float32 (or float64); a float16/bfloat16 result is rounded up, never
+    down, so the entropy of the returned log-stds stays at or above the floor (it can exceed
+    it by a few units in the last place per dimension).
+
     Args:
-        raw_scale: Raw network output ``s``, shape ``(*batch, D)``.
-        target_entropy: Entropy floor ``H0'`` in nats, a float or a tensor broadcastable to
-            ``batch`` (e.g. one target per ensemble member). Gradients flow into a tensor target;
-            detach it if it must stay fixed.
+        raw_scale: Raw network output ``s``, shape ``(*batch, D)``, floating point.
+        target_entropy: Entropy floor ``H0'`` in nats, finite: a float or a floating-point
+            tensor broadcastable to ``batch`` (e.g. one target per ensemble member). Gradients
+            flow into a tensor target; detach it if it must stay fixed.
         log_std_min: Lower clip of each log-std.
         log_std_max: Upper bound of each log-std; fixes the maximum reachable entropy.
 
     Returns:
-        ``log_std`` with the shape of ``raw_scale``.
+        ``log_std`` with the shape and dtype of ``raw_scale``.
 
     Raises:
-        ValueError: ``log_std_min >= log_std_max`` or the target exceeds the maximum entropy
-            ``D * (log_std_max + log(sqrt(2*pi*e)))``.
+        TypeError: ``raw_scale`` or a tensor target is not floating point.
+        ValueError: ``log_std_min >= log_std_max``, a target's shape does not broadcast to
+            ``batch``, or a target is not finite or not below the maximum entropy
+            ``D * (log_std_max + log(sqrt(2*pi*e)))`` (tensor targets: checked on CPU only).
 
     A NaN in a row of ``raw_scale`` gives NaN log-stds in that row (no check on the hot path).
     """
+    check_floating("raw_scale", raw_scale)
+    if raw_scale.dim() == 0:
+        raise ValueError(
+            "raw_scale must have a last dimension of action dims D, got a 0-dim tensor"
+        )
     check_range(
         "log_std_min",
         log_std_min,
@@ -73,21 +105,52 @@ def gaussian_era(
     )
     dim = raw_scale.shape[-1]
     max_entropy = dim * (log_std_max + _GAUSSIAN_UNIT_ENTROPY)
-    is_tensor = isinstance(target_entropy, Tensor)
-    if not (is_tensor and torch.compiler.is_compiling()):
-        check_range(
-            "target_entropy",
-            float(target_entropy.max()) if is_tensor else target_entropy,
-            None,
-            max_entropy,
-            high_inclusive=False,
-            why=f"the maximum entropy of a {dim}-dim Gaussian with log_std <= {log_std_max:g}",
-        )
+    bounds: dict[str, Any] = {
+        "low": -math.inf,
+        "high": max_entropy,
+        "low_inclusive": False,
+        "high_inclusive": False,
+        "why": f"finite, below the maximum entropy of a {dim}-dim Gaussian with log_std <= {log_std_max:g}",
+    }
+    if isinstance(target_entropy, Tensor):
+        check_floating("target_entropy", target_entropy)
+        batch = raw_scale.shape[:-1]
+        if _broadcast_shape(target_entropy.shape, batch) != batch:
+            raise ValueError(
+                f"target_entropy must broadcast to raw_scale's batch shape {tuple(batch)}, "
+                f"got shape {tuple(target_entropy.shape)}"
+            )
+        check_tensor_range("target_entropy", target_entropy, **bounds)
+    else:
+        check_range("target_entropy", target_entropy, **bounds)
     budget = target_entropy - dim * (_GAUSSIAN_UNIT_ENTROPY + log_std_max)
     if isinstance(budget, Tensor):
         budget = budget.unsqueeze(-1)
-    log_std = log_std_max + budget * torch.softmax(raw_scale, dim=-1)
-    return log_std.clamp(min=log_std_min)
+    weights = torch.softmax(raw_scale.to(compute_dtype(raw_scale)), dim=-1)
+    log_std = (log_std_max + budget * weights).clamp(min=log_std_min)
+    return _round_up_to(log_std, raw_scale.dtype)
+
+
+def _broadcast_shape(*shapes: torch.Size) -> torch.Size | None:
+    """The shape the arguments broadcast to, or ``None`` if they do not."""
+    try:
+        return cast(torch.Size, torch.broadcast_shapes(*shapes))  # pyright: ignore[reportUnknownMemberType]
+    except RuntimeError:
+        return None
+
+
+def _round_up_to(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` cast to ``dtype``, rounding up where round-to-nearest went down.
+
+    A Gaussian's entropy grows with every log-std, so rounding them up keeps its floor. The
+    correction is a constant: the gradient is that of the cast.
+    """
+    rounded = x.to(dtype)
+    if dtype == x.dtype:
+        return rounded
+    nearest = rounded.detach()
+    up = torch.nextafter(nearest, torch.full_like(nearest, math.inf))
+    return rounded + torch.where(nearest < x.detach(), up - nearest, 0.0)
 
 
 # --------------------------------------------------------------------------- softmax
@@ -102,10 +165,15 @@ def _lambert_w_minus1(b: Tensor) -> Tensor:
     started from the closed-form approximation the reference code uses as its final answer,
     ``y = 1 + sqrt(2u) + 3u/4`` with ``u = -b``. Measured over ``c`` in ``[1e-300, 1/e)``: two
     steps leave a relative error of 1.2e-8 in ``c`` (below float32's epsilon), three reach
-    float64 round-off. The steps work in place on two buffers: on CPU, fresh memory costs
-    more than the arithmetic.
+    float64 round-off. The steps work in place on two buffers (``b`` is one of them, the
+    callers pass scratch): on CPU, fresh memory costs more than the arithmetic.
+
+    Near the branch point (``c -> 1/e``, which ``tau -> e`` reaches) rounding can push ``b``
+    to 0 or above, where the step divides 0 by 0; capping ``b`` at ``-eps`` keeps ``y - 1``
+    at about ``sqrt(2 eps)`` instead, so the result stays finite (``x ~ -1``) in float32.
     """
-    y = torch.mul(b, -2.0).clamp_(min=0.0).sqrt_().sub_(b, alpha=0.75).add_(1.0)
+    b = b.clamp_(max=-torch.finfo(b.dtype).eps)
+    y = torch.mul(b, -2.0).sqrt_().sub_(b, alpha=0.75).add_(1.0)
     spare = torch.empty_like(y)
     for _ in range(3 if b.dtype == torch.float64 else 2):
         numerator = torch.log(y, out=spare).sub_(b).mul_(y)
@@ -139,11 +207,16 @@ def h_inverse(c: Tensor) -> Tensor:
     """Exact inverse of ``h(x) = -x e^x`` on ``x <= -1``, i.e. the Lambert ``W_{-1}(-c)``.
 
     Args:
-        c: Values in ``(0, 1/e)``.
+        c: Floating-point values in ``(0, 1/e]``.
 
     Returns:
         ``x <= -1`` with ``-x * exp(x) == c``; differentiable with the analytic gradient.
     """
+    check_floating("c", c)
+    # 1/e itself, rounded to c's dtype, may land just above 1/e: allow one unit of rounding.
+    check_tensor_range(
+        "c", c, 0.0, math.exp(-1.0) * (1 + torch.finfo(c.dtype).eps), low_inclusive=False
+    )
     x: Tensor = _HInverse.apply(c)  # pyright: ignore[reportUnknownMemberType]
     return x
 
@@ -173,6 +246,20 @@ def _tight_constant_cached(num_classes: int, min_entropy: float, tau: float) -> 
     return float(tight_constant(torch.tensor(float(num_classes)), min_entropy, tau))
 
 
+@functools.lru_cache(maxsize=8)
+def _tight_constant_table(
+    num_classes: int, min_entropy: float, tau: float, device: torch.device
+) -> Tensor:
+    """``C`` for every count of unmasked classes ``0..D``, on ``device``; NaN where infeasible.
+
+    Rows look their constant up on the device, so no row's class count is read by the host;
+    one bisection per (D, H0, tau, device) replaces one per call.
+    """
+    counts = torch.arange(num_classes + 1, dtype=torch.float64, device=device)
+    feasible = (counts >= 2) & (min_entropy < torch.log(counts))
+    return torch.where(feasible, tight_constant(counts.clamp(min=2), min_entropy, tau), math.nan)
+
+
 def tight_constant(num_classes: Tensor, min_entropy: float, tau: float = 4.0) -> Tensor:
     """Solve for ``C`` such that the one-hot-limit entropy of ``softmax_era`` equals ``min_entropy``.
 
@@ -188,6 +275,7 @@ def tight_constant(num_classes: Tensor, min_entropy: float, tau: float = 4.0) ->
     Returns:
         ``C`` in float64 with the shape of ``num_classes``.
     """
+    check_range("min_entropy", min_entropy, 0.0, None, why="the tight calibration's range")
     lt = _log_tau_over_tau(tau)
     d = num_classes.to(torch.float64)
     low, high = torch.full_like(d, lt), d * lt
@@ -287,14 +375,16 @@ def softmax_era(
     minimum is higher); ``"tight"`` solves for ``C`` so the worst case (one-hot limit) equals ``H0``.
 
     The class order is preserved (so is the argmax). Classes with logit ``-inf`` are masked:
-    they get logit ``-inf`` back and do not count in ``D``. Math runs in float32 or higher;
-    the result has the input's dtype. Rounding to bfloat16/float16 perturbs the guarantee: the
-    paper calibration's slack absorbs it (measured: no violation), ``"tight"`` has none and
-    can lose up to about 0.07 nats; use float32 logits where the exact floor matters.
+    they get logit ``-inf`` back and do not count in ``D``. Rounding the result to
+    bfloat16/float16 perturbs the guarantee: the paper calibration's slack absorbs it
+    (measured: no violation), ``"tight"`` has none and can lose up to about 0.07 nats; use
+    float32 logits where the exact floor matters. Float32 also loses precision as ``tau``
+    nears ``e`` (the inverse's branch point): measured up to 2e-4 nats below the floor at
+    ``tau = 2.72``, under 1e-5 from ``tau = 2.75``; the result stays finite.
     The backward pass is analytic and first-order: a double backward through it raises.
 
     Args:
-        logits: Raw logits ``z``.
+        logits: Raw logits ``z``, floating point.
         min_entropy: Entropy floor ``H0`` in nats; see ``softmax_era_bounds`` for the range.
         tau: Shape constant, ``> e`` (reference 4).
         calibration: ``"paper"`` (``C = exp(H0 - 1)``) or ``"tight"`` (worst case equals ``H0``).
@@ -304,21 +394,25 @@ def softmax_era(
         New logits, same shape and dtype.
 
     Raises:
-        ValueError: infeasible ``min_entropy``/``tau`` for the number of classes, NaN or
-            ``+inf`` logits, or a row with too few unmasked classes. The data-dependent checks
-            (the last two) run in eager mode only; under ``torch.compile``/``torch.export`` NaN
-            logits give NaN rows.
+        TypeError: ``logits`` is not floating point.
+        ValueError: ``dim`` out of range, infeasible ``min_entropy``/``tau`` for the number
+            of classes, NaN or ``+inf`` logits, or a row with too few unmasked classes. The
+            data-dependent checks (the last two) run on CPU in eager mode only; on CUDA and
+            under ``torch.compile``/``torch.export`` such rows come out NaN.
     """
+    check_floating("logits", logits)
+    dim = check_dim("dim", dim, logits.dim())
     num_classes = logits.shape[dim]
     _check_softmax_era_args(min_entropy, tau, calibration, num_classes)
     lt = math.log(tau) / tau
     z = logits.movedim(dim, -1)
-    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    z = z.to(compute_dtype(z))
     # c_i = c_min + (lt - c_min) * p_i: a sum of two non-negative terms, so no cancellation
     # for tiny c_min; sum_i c_i = C.
-    eager = not torch.compiler.is_compiling()
-    # One reduction finds the common case: a finite sum means every logit is finite.
-    if eager and bool(torch.isfinite(z.sum())):
+    checked = checks_values(z)
+    # One reduction finds the common case: a finite sum means every logit is finite. Only
+    # where reading it is free: elsewhere every call takes the masked path.
+    if checked and bool(torch.isfinite(z.sum())):
         constant = (
             math.exp(min_entropy - 1.0)
             if calibration == "paper"
@@ -331,7 +425,7 @@ def softmax_era(
 
     masked = torch.isneginf(z)
     num_unmasked = (~masked).sum(-1, keepdim=True)
-    if eager:
+    if checked:
         if bool((torch.isnan(z) | torch.isposinf(z)).any()):
             raise ValueError("logits must not contain NaN or +inf (-inf marks a masked class)")
         fewest = int(num_unmasked.min())
@@ -340,11 +434,13 @@ def softmax_era(
         except ValueError as error:
             raise ValueError(f"a row has only {fewest} unmasked classes: {error}") from None
     d = num_unmasked.to(z.dtype)
-    row_constant = (
-        torch.full_like(d, math.exp(min_entropy - 1.0))
-        if calibration == "paper"
-        else tight_constant(num_unmasked, min_entropy, tau).to(z.dtype)
-    )
+    if calibration == "paper":
+        row_constant = torch.full_like(d, math.exp(min_entropy - 1.0))
+    elif checked or torch.compiler.is_compiling():
+        row_constant = tight_constant(num_unmasked, min_entropy, tau).to(z.dtype)
+    else:  # eager on an accelerator
+        table = _tight_constant_table(num_classes, min_entropy, tau, z.device)
+        row_constant = table[num_unmasked].to(z.dtype)
     c_min = (row_constant - lt) / (d - 1)
     slope = lt - c_min
     out = _SoftmaxERA.apply(z, c_min / slope, 1.0 + torch.log(slope), masked)  # pyright: ignore[reportUnknownMemberType]
@@ -361,13 +457,18 @@ def response_entropy(token_entropy: Tensor, mask: Tensor, top_frac: float = 0.2)
     entries. A response with no valid token gets 0.
 
     Args:
-        token_entropy: Per-token entropy of the original logits, shape ``(batch, seq)``.
-        mask: Valid-token mask (bool or 0/1), shape ``(batch, seq)``.
+        token_entropy: Per-token entropy of the original logits, shape ``(batch, seq)``,
+            floating point.
+        mask: Valid-token mask (bool or 0/1, any dtype), shape of ``token_entropy``.
         top_frac: Fraction of tokens to average, in ``(0, 1]``.
 
     Returns:
         Shape ``(batch,)``, dtype of ``token_entropy``. NaN entropies of valid tokens propagate.
     """
+    check_floating("token_entropy", token_entropy)
+    if token_entropy.dim() == 0:
+        raise ValueError("token_entropy must have shape (batch, seq), got a 0-dim tensor")
+    check_shape("mask", mask.shape, token_entropy.shape, "one flag per entry of token_entropy")
     check_range("top_frac", top_frac, 0.0, 1.0, low_inclusive=False)
     mask = mask.bool()
     length = mask.sum(-1, keepdim=True)
@@ -394,8 +495,8 @@ def token_era_scale(
     ``1/k`` (and ``A`` by ``k``). Everything else gets scale 1 and keeps its advantage.
 
     Args:
-        response_entropy: Shape ``(batch,)``, from ``response_entropy``.
-        advantages: Shape ``(batch,)`` or ``(batch, seq)``.
+        response_entropy: Shape ``(batch,)``, from ``response_entropy``; floating point.
+        advantages: Shape ``(batch,)`` or ``(batch, seq)``; floating point.
         omega_low: Lower entropy threshold, ``0 <= omega_low <= omega_high``.
         omega_high: Upper entropy threshold.
         k: Scale factor, ``> 1``.
@@ -404,6 +505,16 @@ def token_era_scale(
     Returns:
         ``(logit_scale, advantages)``, both with the shape of ``advantages``; new tensors.
     """
+    check_floating("response_entropy", response_entropy)
+    check_floating("advantages", advantages)
+    if advantages.dim() == 0:
+        raise ValueError("advantages must have shape (batch,) or (batch, seq), got a 0-dim tensor")
+    check_shape(
+        "response_entropy",
+        response_entropy.shape,
+        advantages.shape[:1],
+        "one entropy per response, advantages' first dim",
+    )
     check_range("k", k, 1.0, None, low_inclusive=False)
     check_range(
         "omega_low", omega_low, 0.0, omega_high, why=f"must not exceed omega_high={omega_high:g}"
@@ -434,7 +545,8 @@ def token_era(
     builds full float32 logits.
 
     Args:
-        logits: Shape ``(batch, seq, vocab)`` (or ``(batch, vocab)`` with per-sequence advantages).
+        logits: Shape ``advantages.shape + (..., vocab)``, floating point, e.g. ``(batch, seq,
+            vocab)`` (or ``(batch, vocab)`` with per-sequence advantages).
         response_entropy: Shape ``(batch,)``.
         advantages: Shape ``(batch, seq)`` or ``(batch,)``.
         omega_low: See ``token_era_scale``.
@@ -445,6 +557,12 @@ def token_era(
     Returns:
         ``(logits, advantages)``: new tensors; the inputs are not modified.
     """
+    check_floating("logits", logits)
+    if logits.dim() <= advantages.dim() or logits.shape[: advantages.dim()] != advantages.shape:
+        raise ValueError(
+            f"logits must have shape advantages' {tuple(advantages.shape)} + (..., vocab), "
+            f"got {tuple(logits.shape)}"
+        )
     scale, new_advantages = token_era_scale(
         response_entropy, advantages, omega_low, omega_high, k, scale_advantages
     )

@@ -1,8 +1,26 @@
-"""Argument checks that fail loudly: every error names the parameter, its value and the allowed range."""
+"""Argument checks that fail loudly: every error names the parameter, its value and the allowed range.
+
+Checks on metadata (dtype, shape, ``dim``) always run. Checks on the values inside a tensor
+run only where reading a value is free: on CPU, in eager mode (``checks_values``). On CUDA
+they would make the host wait for the device on every call, and under ``torch.compile`` they
+would break the graph; there, bad values give NaN instead of an error.
+"""
 
 import math
 
-__all__ = ["check_positive", "check_range"]
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_dim",
+    "check_floating",
+    "check_positive",
+    "check_range",
+    "check_shape",
+    "check_tensor_range",
+    "checks_values",
+    "compute_dtype",
+]
 
 
 def check_range(
@@ -43,3 +61,68 @@ def check_range(
 def check_positive(name: str, value: float) -> None:
     """Raise ``ValueError`` unless ``value > 0``."""
     check_range(name, value, 0.0, None, low_inclusive=False)
+
+
+def checks_values(tensor: Tensor) -> bool:
+    """Whether checks on the values of ``tensor`` run: on CPU in eager mode only (see module doc)."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def check_tensor_range(
+    name: str,
+    tensor: Tensor,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    why: str = "",
+) -> None:
+    """``check_range`` for every element of ``tensor``, where ``checks_values(tensor)``.
+
+    Reads detached values, so a tensor that requires grad is checked without a warning.
+    """
+    if not checks_values(tensor) or tensor.numel() == 0:
+        return
+    values = tensor.detach()
+    # NaN propagates through min and max, so two reductions see every element.
+    for value in (values.min(), values.max()):
+        check_range(
+            name,
+            float(value),
+            low,
+            high,
+            low_inclusive=low_inclusive,
+            high_inclusive=high_inclusive,
+            why=why,
+        )
+
+
+def check_floating(name: str, tensor: Tensor) -> None:
+    """Raise ``TypeError`` unless ``tensor`` has a real floating-point dtype.
+
+    Integer and bool inputs would be truncated or saturated by the math, complex ones have no
+    order; both are refused rather than cast, so the caller decides the precision.
+    """
+    if not tensor.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+
+
+def compute_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype ERA computes in: float32, or float64 for float64 inputs (half precision is upcast)."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def check_dim(name: str, dim: int, ndim: int) -> int:
+    """Return ``dim`` as a non-negative index into ``ndim`` dimensions; ``ValueError`` if out of range."""
+    if not -ndim <= dim < ndim:
+        raise ValueError(
+            f"{name} must be in [{-ndim}, {ndim - 1}] for a {ndim}-dim tensor, got {dim}"
+        )
+    return dim % ndim
+
+
+def check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...], why: str) -> None:
+    """Raise ``ValueError`` unless ``shape == expected``; ``why`` says where ``expected`` comes from."""
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} ({why}), got {tuple(shape)}")
