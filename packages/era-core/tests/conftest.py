@@ -1,7 +1,16 @@
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from era_core.testing import apply_gpu_policy
+
+# The same examples on every run, so a pass cannot turn into a failure on the next run;
+# HYPOTHESIS_PROFILE=explore draws fresh examples (run it when changing the maths).
+settings.register_profile("deterministic", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
