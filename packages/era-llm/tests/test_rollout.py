@@ -1,3 +1,4 @@
+import copy
 import importlib.util
 import sys
 from types import SimpleNamespace
@@ -5,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from era_llm.policy import load_model, load_tokenizer
+from era_llm.policy import TokenScorer, load_model, load_tokenizer
 from era_llm.rollout import RolloutConfig, Sampling, make_rollout
 from era_llm.rollout.hf import trim_response
 
@@ -41,6 +42,59 @@ def test_hf_rollout_groups_and_trims(tiny_model_dir):
     torch.manual_seed(0)
     assert rollout.generate(prompts, sampling) == responses
     assert model.training  # generate() restores the caller's mode
+
+
+@pytest.fixture
+def opinionated_model_dir(tiny_model_dir, tmp_path):
+    """The tiny model with a generation_config.json that would change sampling if obeyed."""
+    tokenizer, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir))
+    config = model.generation_config
+    config.do_sample, config.temperature, config.top_k = True, 0.7, 3
+    config.repetition_penalty, config.no_repeat_ngram_size = 1.8, 2
+    config.min_new_tokens, config.bad_words_ids = 4, [tokenizer("7").input_ids]
+    config.suppress_tokens = tokenizer("3").input_ids
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.3])
+def test_trainer_scores_every_sampled_token_as_the_sampler_did(
+    opinionated_model_dir, monkeypatch, temperature
+):
+    from era_llm.trainer import collate
+
+    path = str(opinionated_model_dir)
+    tokenizer, model = load_tokenizer(path), load_model(path)
+    assert model.generation_config.repetition_penalty == 1.8  # the file was read
+    scorer = TokenScorer(model, temperature=temperature)
+    # Record what the sampler drew from: the processed scores generate() samples from.
+    scores = []
+    generate = model.generate
+
+    def recording_generate(generation_config, **kwargs):
+        generation_config = copy.deepcopy(generation_config)
+        generation_config.output_scores = generation_config.return_dict_in_generate = True
+        output = generate(generation_config=generation_config, **kwargs)
+        scores.append(torch.stack(output.scores, dim=1))
+        return output.sequences
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    rollout = make_rollout(scorer, tokenizer, path, RolloutConfig(temperature=temperature))
+    prompts = [tokenizer("12+3=").input_ids, tokenizer("9=").input_ids]
+    torch.manual_seed(0)
+    responses = rollout.generate(prompts, Sampling(6, temperature, 1.0, 10))
+    assert model.generation_config.repetition_penalty == 1.8  # restored after sampling
+    sampler = scores[0].log_softmax(-1)  # (responses, steps, vocab)
+    ids, attention, mask, start = collate(prompts, responses, tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        trainer = scorer(ids, attention, start)[0]
+    labels = ids[:, start:]
+    sampled = sampler[:, : labels.shape[1]].gather(-1, labels[..., None]).squeeze(-1)
+    valid = mask.bool()
+    # The model's file would have repeated, banned and suppressed tokens: they were sampled.
+    assert any(len(set(r)) < len(r) for r in responses)
+    torch.testing.assert_close(trainer[valid], sampled[valid], atol=1e-5, rtol=1e-5)
 
 
 def _sharpen(model):
