@@ -119,6 +119,47 @@ def test_dynamic_sampling_tops_up_when_rounds_run_out(tiny_model_dir):
         "train/informative_frac": 0.0,
         "train/sampling_rounds": 2.0,
     }
+    assert groups.in_loss.tolist() == [False, False]
+
+
+def test_dynamic_sampling_samples_until_the_batch_is_full(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    # One prompt in ten is informative; four are needed: many rounds, no cap by default.
+    prompts = [[t] for t in (5, 4, 6, 8, 10, 12, 14, 16, 18, 20)]
+    answers = [tokenizer.decode(p) for p in prompts]
+    cfg = _cfg("m", "d", "o", prompts_per_step=4, num_generations=2)
+    assert cfg.max_sampling_rounds is None
+    groups = collect_groups(
+        ScriptedRollout(), prompts, answers, PromptSampler(10, 0), tokenizer, _exact_reward, cfg
+    )
+    assert [p[0] for p in groups.prompts] == [5, 5, 5, 5]
+    assert groups.in_loss.all() and groups.stats["train/informative_frac"] == 1.0
+    assert groups.stats["train/sampling_rounds"] > 3
+
+
+@pytest.mark.parametrize("algo", ["grpo", "grpo-entropy-bonus"])
+def test_top_up_groups_change_nothing(tiny_model_dir, algo):
+    groups = _groups()
+    # The same batch plus two uninformative groups marked out of the loss.
+    filler = [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    padded = Groups(
+        groups.prompts + [[11], [12, 13]],
+        groups.responses + [[5, 6, 7]] * 4 + [[8]] * 4,
+        torch.cat([groups.rewards, torch.tensor(filler)]),
+        {},
+        in_loss=torch.tensor([True] * 4 + [False] * 2),
+    )
+    base = load_model(str(tiny_model_dir))
+    models = [copy.deepcopy(base) for _ in range(2)]
+    for model, batch in zip(models, (groups, padded), strict=True):
+        torch.manual_seed(0)
+        cfg = _cfg("m", "d", "o", algo=algo, entropy_coef=0.1, prompts_per_step=len(batch.prompts))
+        _update(model, cfg, batch)
+    for p0, p1, p in zip(
+        models[0].parameters(), models[1].parameters(), base.parameters(), strict=True
+    ):
+        torch.testing.assert_close(p1, p0, atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(p0, p) for p0, p in zip(models[0].parameters(), base.parameters()))
 
 
 def _groups(seed=0):

@@ -4,7 +4,8 @@ One training step, top to bottom (``train``):
 
 1. ``collect_groups``: ``num_generations`` responses for each of ``prompts_per_step``
    prompts, rewarded by a verifier; with dynamic sampling, groups whose rewards are all equal
-   (zero GRPO gradient) are dropped and refilled from the next prompts (DAPO).
+   (zero GRPO gradient) are dropped and refilled from the next prompts until the batch is
+   full (DAPO), or up to an optional cap on rounds.
 2. ``update_policy``: group-normalised advantages; a no-grad pass of the behaviour policy
    when needed (old log-probs for several mini-batches, token entropies for ERA's shaping);
    then per mini-batch the loss from ``LOSSES[algo]``, gradient accumulation over
@@ -17,6 +18,7 @@ FSDP2 (``parallel=fsdp``) also shards weights, gradients and optimiser state ove
 """
 
 import contextlib
+import math
 import random
 import signal
 import time
@@ -91,7 +93,12 @@ class TrainConfig(LossConfig, RolloutConfig):
     num_minibatches: int = help_field(1, "optimiser steps per rollout batch (1: fully on-policy)")
     micro_batch_size: int = help_field(8, "responses per forward/backward (gradient accumulation)")
     dynamic_sampling: bool = help_field(True, "drop groups with equal rewards and refill (DAPO)")
-    max_sampling_rounds: int = help_field(3, "generation rounds per step when refilling groups")
+    max_sampling_rounds: int | None = help_field(
+        None,
+        "cap on generation rounds per step when refilling groups (None: sample until the "
+        "batch is full, as DAPO does); at the cap the batch is topped up with groups that "
+        "stay out of the loss",
+    )
     scale_rewards: bool = help_field(True, "divide advantages by the group std (False: Dr. GRPO)")
     max_prompt_length: int = help_field(1024, "prompts longer than this many tokens are skipped")
     lr: float = help_field(1e-6, "AdamW learning rate")
@@ -112,7 +119,12 @@ class TrainConfig(LossConfig, RolloutConfig):
         None, "tokens per logits chunk (None: ~256 MiB chunks)"
     )
     topk_logprobs: int = help_field(
-        0, "renormalise log-probs over the top-k logits (0: off; paper: 20)"
+        0, "log-probs over the top-k logits only (0: off; paper: 20), see topk_mode"
+    )
+    topk_mode: Literal["mask", "renormalise"] = help_field(
+        "mask",
+        "with topk_logprobs, a sampled token outside the top k: mask (the ERA authors' code: "
+        "log-prob -1e4, no gradient) or renormalise (it joins the normaliser, with gradient)",
     )
     save_every: int = help_field(
         50, "checkpoint every this many steps (and at the end / on SIGTERM)"
@@ -134,12 +146,13 @@ class TrainConfig(LossConfig, RolloutConfig):
             "prompts_per_step",
             "num_minibatches",
             "micro_batch_size",
-            "max_sampling_rounds",
             "max_prompt_length",
             "save_every",
             "keep_checkpoints",
         ):
             check_range(name, getattr(self, name), 1)
+        if self.max_sampling_rounds is not None:
+            check_range("max_sampling_rounds", self.max_sampling_rounds, 1)
         check_range("warmup_steps", self.warmup_steps, 0)
         check_positive("lr", self.lr)
         check_range("weight_decay", self.weight_decay, 0.0)
@@ -166,12 +179,16 @@ class Groups:
         responses: ``len(prompts) * G`` response token ids.
         rewards: Shape ``(len(prompts), G)``.
         stats: Sampling statistics for logging.
+        in_loss: Shape ``(len(prompts),)`` bool: ``False`` for groups that only top up a
+            batch (dynamic sampling stopped by its round cap); they keep every rank's batch
+            the same size but add nothing to the loss or its normaliser. ``None``: all count.
     """
 
     prompts: list[list[int]]
     responses: list[list[int]]
     rewards: Tensor
     stats: dict[str, float]
+    in_loss: Tensor | None = None
 
 
 def collect_groups(
@@ -185,18 +202,18 @@ def collect_groups(
 ) -> Groups:
     """Sample ``prompts_per_step`` groups, dropping and refilling uninformative ones.
 
-    After ``max_sampling_rounds`` the batch is topped up with uninformative groups (their
-    advantages are zero, so they only add to the loss normaliser): every rank always
-    trains on the same number of responses, which keeps DDP in lockstep.
+    With dynamic sampling, rounds continue until the batch is full. If ``max_sampling_rounds``
+    stops them first, the batch is topped up with uninformative groups marked out of the loss
+    (``Groups.in_loss``): every rank still trains on the same number of responses, which
+    keeps DDP in lockstep, and the loss is the mean over the informative groups only.
     """
     sampling = Sampling(cfg.num_generations, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     g = cfg.num_generations
     kept: list[tuple[list[int], list[list[int]], Tensor]] = []
     spare: list[tuple[list[int], list[list[int]], Tensor]] = []
     all_rewards, rounds = [], 0
-    while len(kept) < cfg.prompts_per_step and rounds < (
-        cfg.max_sampling_rounds if cfg.dynamic_sampling else 1
-    ):
+    max_rounds = 1 if not cfg.dynamic_sampling else cfg.max_sampling_rounds or math.inf
+    while len(kept) < cfg.prompts_per_step and rounds < max_rounds:
         indices = [sampler.next() for _ in range(cfg.prompts_per_step - len(kept))]
         responses = rollout.generate([prompts[i] for i in indices], sampling)
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
@@ -226,6 +243,7 @@ def collect_groups(
             "train/informative_frac": informative / cfg.prompts_per_step,
             "train/sampling_rounds": float(rounds),
         },
+        in_loss=torch.arange(len(kept)) < informative,
     )
 
 
@@ -304,6 +322,13 @@ def update_policy(
     ids, attention, mask, start = collate(groups.prompts, groups.responses, pad_token_id, device)
     advantages = group_advantages(groups.rewards, cfg.scale_rewards).flatten().to(device)
     advantages = advantages[:, None] * mask
+    # Top-up groups (Groups.in_loss) stay out of the loss and out of its normaliser.
+    loss_mask = mask
+    if groups.in_loss is not None:
+        per_response = groups.in_loss.repeat_interleave(
+            len(groups.responses) // len(groups.prompts)
+        )
+        loss_mask = mask * per_response.to(device, torch.float32)[:, None]
     logit_scale, old_logprobs = None, None
     if cfg.num_minibatches > 1:
         # Several optimiser steps per batch: pin the behaviour policy first. Its entropies
@@ -331,13 +356,13 @@ def update_policy(
     grad_norms = []
     for minibatch in order.split(batch // cfg.num_minibatches):
         count = (
-            mask[minibatch].sum()
+            loss_mask[minibatch].sum()
             if cfg.aggregation == "token-mean"
-            else torch.tensor(float(len(minibatch)))
+            else (loss_mask[minibatch].sum(1) > 0).sum()
         )
         # DDP and FSDP average gradients over ranks, so each rank divides by the global
-        # count / world.
-        normaliser = all_reduce_sum(count.item(), device) / dist.world_size
+        # count / world. With nothing in the loss (all top-up) the loss is 0 whatever it is.
+        normaliser = max(all_reduce_sum(count.item(), device), 1.0) / dist.world_size
         micro = minibatch.split(cfg.micro_batch_size)
         for i, rows in enumerate(micro):
             with gradient_sync(trainable, i == len(micro) - 1), autocast():
@@ -361,7 +386,7 @@ def update_policy(
                     logprobs=logprobs,
                     old_logprobs=logprobs.detach() if old_logprobs is None else old_logprobs[rows],
                     advantages=row_advantages,
-                    mask=mask[rows],
+                    mask=loss_mask[rows],
                     entropy=entropy,
                     ref_logprobs=ref_logprobs,
                     normaliser=normaliser,
@@ -385,7 +410,8 @@ def update_policy(
         metrics["era/flattened_frac"] = _response_frac(applied_scale < 1, mask)
     tokens = mask.sum().clamp(min=1).item()
     metrics["loss/policy"] = policy_loss / cfg.num_minibatches
-    metrics.update({f"loss/{key}": total / tokens for key, total in token_sums.items()})
+    loss_tokens = loss_mask.sum().clamp(min=1).item()
+    metrics.update({f"loss/{key}": total / loss_tokens for key, total in token_sums.items()})
     metrics["entropy/token"] = (entropy_rows * mask).sum().item() / tokens
     metrics["entropy/response"] = (
         response_entropy(entropy_rows, mask, cfg.era_top_frac).mean().item()
@@ -464,6 +490,8 @@ def train(cfg: TrainConfig) -> Path:
                 load_model(cfg.model, load_device).eval().requires_grad_(False),
                 cfg.logprob_chunk_size,
                 cfg.topk_logprobs,
+                cfg.topk_mode,
+                cfg.temperature,
             ),
             cfg.parallel,
             dist,
@@ -482,7 +510,9 @@ def train(cfg: TrainConfig) -> Path:
         )
     prompts, answers = [encoded[i] for i in usable], [examples[i].answer for i in usable]
 
-    scorer = TokenScorer(model, cfg.logprob_chunk_size, cfg.topk_logprobs)
+    scorer = TokenScorer(
+        model, cfg.logprob_chunk_size, cfg.topk_logprobs, cfg.topk_mode, cfg.temperature
+    )
     trainable = parallelize(scorer, cfg.parallel, dist, bf16)
     # The fused kernel (CPU and CUDA, also on FSDP's DTensors) is several times faster than
     # the per-tensor loop. Built after sharding, so it holds (and updates) the shards.
