@@ -143,8 +143,8 @@ def test_top_up_groups_change_nothing(tiny_model_dir, algo):
     # The same batch plus two uninformative groups marked out of the loss.
     filler = [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
     padded = Groups(
-        groups.prompts + [[11], [12, 13]],
-        groups.responses + [[5, 6, 7]] * 4 + [[8]] * 4,
+        [*groups.prompts, [11], [12, 13]],
+        [*groups.responses, *[[5, 6, 7]] * 4, *[[8]] * 4],
         torch.cat([groups.rewards, torch.tensor(filler)]),
         {},
         in_loss=torch.tensor([True] * 4 + [False] * 2),
@@ -155,9 +155,7 @@ def test_top_up_groups_change_nothing(tiny_model_dir, algo):
         torch.manual_seed(0)
         cfg = _cfg("m", "d", "o", algo=algo, entropy_coef=0.1, prompts_per_step=len(batch.prompts))
         _update(model, cfg, batch)
-    for p0, p1, p in zip(
-        models[0].parameters(), models[1].parameters(), base.parameters(), strict=True
-    ):
+    for p0, p1 in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(p1, p0, atol=1e-6, rtol=1e-5)
     assert any(not torch.equal(p0, p) for p0, p in zip(models[0].parameters(), base.parameters()))
 
