@@ -16,7 +16,7 @@ from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_mo
 from era_llm.trainer import Groups, TrainConfig, collate, collect_groups, train, update_policy
 
 
-def parity_reward(completion: str, gold: str) -> float:
+def parity_reward(completion: str, gold: str, **_) -> float:
     """A reward a random tiny model earns about half the time, so groups carry signal."""
     return float(len(completion) % 2 == 0)
 
@@ -361,7 +361,7 @@ def test_sigterm_then_resume_equals_uninterrupted(
 
     calls = []
 
-    def interrupting_reward(completion, gold):
+    def interrupting_reward(completion, gold, **_):
         calls.append(1)
         if len(calls) == 20:  # during step 2's sampling (16 responses per step)
             os.kill(os.getpid(), signal.SIGTERM)

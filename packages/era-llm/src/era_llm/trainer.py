@@ -62,7 +62,7 @@ from era_llm.distributed import (
 from era_llm.losses import LOSSES, Loss, LossConfig, PolicyTerms
 from era_llm.metrics import MetricLogger
 from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
-from era_llm.rewards import REWARDS, RewardFn
+from era_llm.rewards import REWARDS, AnswerFormat, RewardFn
 from era_llm.rollout import Rollout, RolloutConfig, Sampling, make_rollout
 
 __all__ = ["Groups", "TrainConfig", "collate", "collect_groups", "train", "update_policy"]
@@ -84,6 +84,11 @@ class TrainConfig(LossConfig, RolloutConfig):
     )
     reward: Literal["math-verify"] = help_field(
         "math-verify", "reward function (era_llm.rewards.REWARDS)"
+    )
+    answer_format: AnswerFormat = help_field(  # noqa: RUF009 (a dataclasses.field)
+        "boxed",
+        "where a response's answer is: boxed (its last \\boxed{}) or answer-line (its last "
+        "'Answer:' line, DAPO-Math-17k's format)",
     )
     output_dir: str = help_field("runs/era-llm", "run directory: config, metrics, checkpoints")
     seed: int = help_field(0, "random seed (rank r uses seed + r)")
@@ -540,7 +545,8 @@ def train(cfg: TrainConfig) -> Path:
     # The hf backend generates through the scorer: under FSDP that gathers the weights.
     rollout = make_rollout(scorer, tokenizer, start_path, cfg, seed=cfg.seed + dist.rank)
     logger = MetricLogger(run_dir, enabled=dist.is_main, resume_step=step)
-    loss, reward_fn = LOSSES[cfg.algo], REWARDS[cfg.reward]
+    loss = LOSSES[cfg.algo]
+    reward_fn = partial(REWARDS[cfg.reward], answer_format=cfg.answer_format)
 
     def checkpoint() -> None:
         save_checkpoint(
