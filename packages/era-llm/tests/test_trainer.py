@@ -275,35 +275,19 @@ def _parameters(path):
     return {k: v.clone() for k, v in load_model(str(path)).state_dict().items()}
 
 
-def test_train_checkpoint_resume_eval(tiny_model_dir, addition_data, tmp_path, parity):
+def test_train_checkpoint_resume_eval(tiny_model_dir, addition_data, tmp_path, parity, train_argv):
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(addition_data),
-        "--output-dir",
-        str(out),
+    args = train_argv(
+        out,
         "--prompts-per-step",
-        "4",
-        "--num-generations",
-        "4",
+        4,
         "--micro-batch-size",
-        "8",
-        "--max-new-tokens",
-        "6",
-        "--prompt-template",
-        "{prompt}",
-        "--lr",
-        "1e-2",
-        "--device",
-        "cpu",
+        8,
         "--algo",
         "grpo-era",
         "--save-every",
-        "2",
-    ]
+        2,
+    )
     main([*args, "--max-steps", "3"])
     assert (out / "config.yaml").is_file() and (out / "tb").is_dir()
     assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2, 3]
@@ -314,9 +298,11 @@ def test_train_checkpoint_resume_eval(tiny_model_dir, addition_data, tmp_path, p
     start, trained = _parameters(tiny_model_dir), _parameters(out / "checkpoints" / "step-00000003")
     assert any(not torch.equal(start[k], trained[k]) for k in start)
 
-    main([*args, "--max-steps", "5"])  # resumes from step 3
+    main([*args, "--max-steps", "5", "--resume"])  # resumes from step 3 with more steps
     assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2, 3, 4, 5]
     assert (out / "checkpoints" / "latest").read_text() == "step-00000005"
+    assert "max_steps: 3" in (out / "config.step-00000003.yaml").read_text()
+    assert "max_steps: 5" in (out / "config.yaml").read_text()
 
     evaluated = tmp_path / "eval"
     main(
@@ -383,42 +369,91 @@ def test_sigterm_then_resume_equals_uninterrupted(
     assert strip(rows_a) == strip(rows_b)
 
 
+def _usage_error(capsys, argv):
+    """Run the CLI; it must exit 2 with one ``error:`` line on stderr and no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    # (Progress bars of model and data loading may come before it.)
+    last = stderr.splitlines()[-1]
+    assert last.startswith("error: ") and stderr.count("error:") == 1, stderr
+    assert "Traceback" not in stderr
+    return last
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--num-generations", "1"], "num_generations must be >= 2"),
         (["--model", "/nonexistent/model"], "model: cannot load"),
+        (["--device", "gpu"], "device: unknown device 'gpu'"),
+        (["--resume", "--overwrite"], "give one of them, not both"),
+        (["--config", "/nonexistent/run.yaml"], "--config /nonexistent/run.yaml: cannot read"),
     ],
 )
-def test_cli_reports_clear_errors(tiny_model_dir, addition_data, tmp_path, extra, message):
-    args = [
-        "train",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(addition_data),
-        "--output-dir",
-        str(tmp_path),
-    ]
-    with pytest.raises(SystemExit, match=message):
-        main(args + extra)
+def test_cli_reports_clear_errors(tmp_path, capsys, train_argv, extra, message):
+    assert message in _usage_error(capsys, train_argv(tmp_path / "run", *extra))
 
 
-def test_cli_reports_a_dataset_without_the_fields(tiny_model_dir, tmp_path):
+def test_cli_debug_shows_the_traceback(tmp_path, capsys, train_argv, monkeypatch):
+    argv = train_argv(tmp_path / "run", "--model", "/nonexistent/model")
+    with pytest.raises(ValueError, match="model: cannot load"):
+        main([*argv, "--debug"])
+    monkeypatch.setenv("ERA_DEBUG", "1")
+    with pytest.raises(ValueError, match="model: cannot load"):
+        main(argv)
+
+
+def test_cli_refuses_cuda_without_cuda(tmp_path, capsys, train_argv, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    stderr = _usage_error(capsys, train_argv(tmp_path / "run", "--device", "cuda"))
+    assert "device: 'cuda' was asked for, but CUDA is not available" in stderr
+
+
+def test_cli_refuses_an_unwritable_output_dir(tmp_path, capsys, train_argv):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    stderr = _usage_error(capsys, train_argv(blocker / "run"))
+    assert f"output_dir: cannot write to '{blocker / 'run'}'" in stderr
+
+
+def test_cli_reports_a_dataset_without_the_fields(tmp_path, capsys, train_argv):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"q": "1+1=", "a": "2"}\n')
-    with pytest.raises(SystemExit, match="has none of the fields"):
-        main(
-            [
-                "train",
-                "--model",
-                str(tiny_model_dir),
-                "--data",
-                str(data),
-                "--output-dir",
-                str(tmp_path / "o"),
-            ]
-        )
+    stderr = _usage_error(capsys, train_argv(tmp_path / "o", "--data", data))
+    assert "has none of the fields" in stderr
+    data.write_text('{"question": "1+1=", "answer": "2"}\n{"question": "2+2=", "answer": 4\n')
+    stderr = _usage_error(capsys, train_argv(tmp_path / "o", "--data", data))
+    assert f"data: {data}:2: malformed JSON line" in stderr
+
+
+def test_a_changed_run_is_refused_until_resume_or_overwrite(tmp_path, capsys, train_argv, parity):
+    out = tmp_path / "run"
+    main(train_argv(out, "--max-steps", 1, "--algo", "grpo-era"))
+    main(train_argv(out, "--max-steps", 1, "--algo", "grpo-era"))  # the same run: continues
+    assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1]
+    saved = (out / "config.yaml").read_text()
+    stderr = _usage_error(capsys, train_argv(out, "--max-steps", 2, "--algo", "grpo", "--lr", 0.1))
+    assert (
+        "holds a run with another config (algo: 'grpo-era' -> 'grpo'; lr: 0.01 -> 0.1; "
+        "max_steps: 1 -> 2); add --resume" in stderr
+    )
+    assert (out / "config.yaml").read_text() == saved  # untouched
+    main(train_argv(out, "--max-steps", 2, "--algo", "grpo", "--overwrite"))
+    assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000002"]
+    assert "algo: grpo\n" in (out / "config.yaml").read_text()
+
+
+def test_a_corrupt_checkpoint_is_reported(tmp_path, capsys, train_argv, parity):
+    out = tmp_path / "run"
+    main(train_argv(out, "--max-steps", 1))
+    (out / "checkpoints" / "step-00000001" / "trainer_state.pt").write_bytes(b"not a checkpoint")
+    stderr = _usage_error(capsys, train_argv(out, "--max-steps", 1))
+    assert f"resume: checkpoint '{out / 'checkpoints' / 'step-00000001'}' cannot be read" in stderr
+    assert "--overwrite" in stderr
 
 
 @pytest.mark.gpu

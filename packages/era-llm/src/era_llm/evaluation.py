@@ -14,6 +14,7 @@ from era_core.validation import check_range
 from era_llm.config import help_field, save_config
 from era_llm.data import DEFAULT_TEMPLATE, Example, encode_prompt, load_examples
 from era_llm.distributed import init_distributed
+from era_llm.errors import UsageError
 from era_llm.policy import load_model, load_tokenizer
 from era_llm.rewards import REWARDS, AnswerFormat, RewardFn
 from era_llm.rollout import Rollout, RolloutConfig, Sampling, make_rollout
@@ -151,7 +152,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     sampling = Sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist.device.type == "cuda")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"output_dir: cannot write to {str(out)!r} ({error.strerror or error})"
+        ) from error
     save_config(cfg, out / "config.yaml")
     summaries = {}
     for path in cfg.data:

@@ -11,18 +11,19 @@ from torch.utils.checkpoint import checkpoint
 
 from era_core.entropy import categorical_entropy, linear_logprobs_and_entropy, topk_logprobs
 from era_core.validation import check_positive, check_range
+from era_llm.errors import UsageError
 
 __all__ = ["TokenScorer", "enable_activation_checkpointing", "load_model", "load_tokenizer"]
 
 
 @contextmanager
 def _loading(path: str) -> Iterator[None]:
-    """Turn transformers' OSError for a bad path or id into a ValueError naming the option."""
+    """Turn transformers' OSError for a bad path or id into a UsageError naming the option."""
     try:
         yield
     except OSError as error:
         where = "a directory without a model" if Path(path).is_dir() else "no such directory"
-        raise ValueError(
+        raise UsageError(
             f"model: cannot load {path!r} ({where}, and not a model id that could be fetched): {error}"
         ) from error
 
@@ -31,7 +32,7 @@ def load_tokenizer(path: str) -> Any:
     """A transformers tokenizer with a pad token (the EOS token when it has none).
 
     Raises:
-        ValueError: ``path`` is neither a model directory nor a loadable model id.
+        UsageError: ``path`` is neither a model directory nor a loadable model id.
     """
     from transformers import AutoTokenizer
 
@@ -46,7 +47,7 @@ def load_model(path: str, device: torch.device | str = "cpu") -> Any:
     """Load a causal LM in float32 (the master weights; bf16 runs use autocast).
 
     Raises:
-        ValueError: ``path`` is neither a model directory nor a loadable model id.
+        UsageError: ``path`` is neither a model directory nor a loadable model id.
     """
     from transformers import AutoModelForCausalLM
 

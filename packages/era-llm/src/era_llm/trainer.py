@@ -18,16 +18,20 @@ FSDP2 (``parallel=fsdp``) also shards weights, gradients and optimiser state ove
 """
 
 import contextlib
+import dataclasses
 import math
 import random
+import shutil
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -51,6 +55,7 @@ from era_llm.distributed import (
     all_reduce_mean,
     all_reduce_sum,
     any_rank,
+    barrier,
     clip_grad_norm,
     fsdp_available,
     gathered_weights,
@@ -59,6 +64,7 @@ from era_llm.distributed import (
     parallelize,
     shutdown,
 )
+from era_llm.errors import UsageError
 from era_llm.losses import LOSSES, Loss, LossConfig, PolicyTerms
 from era_llm.metrics import MetricLogger
 from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
@@ -135,7 +141,12 @@ class TrainConfig(LossConfig, RolloutConfig):
         50, "checkpoint every this many steps (and at the end / on SIGTERM)"
     )
     keep_checkpoints: int = help_field(2, "most recent checkpoints to keep")
-    resume: bool = help_field(True, "continue from the run directory's latest checkpoint if any")
+    resume: bool = help_field(
+        False,
+        "continue the run in output_dir although its config.yaml differs (the new values "
+        "apply from its latest checkpoint on); an unchanged config always continues",
+    )
+    overwrite: bool = help_field(False, "delete the run in output_dir and start over")
 
     def __post_init__(self) -> None:
         LossConfig.__post_init__(self)
@@ -162,6 +173,8 @@ class TrainConfig(LossConfig, RolloutConfig):
         check_positive("lr", self.lr)
         check_range("weight_decay", self.weight_decay, 0.0)
         check_positive("max_grad_norm", self.max_grad_norm)
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite: give one of them, not both")
         if self.parallel == "fsdp" and not fsdp_available():
             raise ValueError(
                 f"parallel=fsdp needs torch.distributed with FSDP2 (torch >= 2.6, this is "
@@ -461,6 +474,87 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+# Flags that say how to treat an existing run rather than what the run is.
+_RUN_DIR_FLAGS = ("resume", "overwrite")
+
+
+def config_diff(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """``"field: old -> new"`` for each field where ``cfg`` differs from a saved config.yaml."""
+    # Through YAML, so both sides have the types a file holds (lists, not tuples).
+    current = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg)))
+    missing = "(absent)"
+    return [
+        f"{name}: {saved.get(name, missing)!r} -> {current.get(name, missing)!r}"
+        for name in sorted(set(saved) | set(current))
+        if name not in _RUN_DIR_FLAGS and saved.get(name, missing) != current.get(name, missing)
+    ]
+
+
+def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, is_main: bool) -> Path | None:
+    """Check ``output_dir`` against the run it may hold; returns the checkpoint to resume.
+
+    An unchanged config continues its run; a changed one needs ``resume`` (continue with
+    the new values; the old config.yaml is kept as ``config.step-N.yaml``) or ``overwrite``
+    (start over). Collective under torchrun: rank 0 writes, every rank decides the same.
+
+    Raises:
+        UsageError: The output dir cannot be written, or holds a run with another config.
+    """
+    saved_path = run_dir / "config.yaml"
+    if cfg.overwrite and is_main:
+        for name in ("checkpoints", "tb", "metrics.csv", "config.yaml"):
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    barrier()
+    if is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise UsageError(
+                f"output_dir: cannot write to {str(run_dir)!r} ({error.strerror or error})"
+            ) from error
+    barrier()
+    latest = latest_checkpoint(run_dir)
+    if not saved_path.is_file():
+        return latest
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"output_dir: {saved_path} is not valid YAML; use --overwrite") from error
+    changes = config_diff(saved, cfg)
+    if changes and not cfg.resume:
+        raise UsageError(
+            f"output_dir {str(run_dir)!r} holds a run with another config ({'; '.join(changes)}); "
+            "add --resume to continue it with the new values, or --overwrite to start over"
+        )
+    if changes and is_main and latest is not None:
+        step = int(latest.name.split("-")[-1])
+        shutil.copyfile(saved_path, run_dir / f"config.step-{step:08d}.yaml")
+    return latest
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(checkpoint: Path | None) -> Iterator[None]:
+    """Report a checkpoint that cannot be read as a usage error naming it."""
+    if checkpoint is None:
+        yield
+        return
+    try:
+        yield
+    except Exception as error:  # torch.load, safetensors and transformers each raise their own
+        raise UsageError(
+            f"resume: checkpoint {str(checkpoint)!r} cannot be read "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            "delete it to resume from the one before, or start over with --overwrite"
+        ) from error
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) a training run; returns the run directory.
 
@@ -470,6 +564,8 @@ def train(cfg: TrainConfig) -> Path:
     Raises:
         SystemExit: After SIGTERM/SIGINT: the current step finished and a checkpoint was
             saved; rerunning the same config resumes from it.
+        UsageError: A problem the user can fix: ``output_dir`` holds a run with another
+            config, or cannot be written; a checkpoint, the model or the data cannot be read.
     """
     dist = init_distributed(cfg.device)
     run_dir = Path(cfg.output_dir)
@@ -478,13 +574,14 @@ def train(cfg: TrainConfig) -> Path:
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist.device.type == "cuda")
     autocast = lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
-    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    resume_from = _prepare_run_dir(cfg, run_dir, dist.is_main)
     start_path = str(resume_from) if resume_from else cfg.model
-    tokenizer = load_tokenizer(start_path)
     # FSDP moves each rank's shards to its device; the whole model never has to fit there.
     sharded = cfg.parallel == "fsdp" and dist.world_size > 1
     load_device = torch.device("cpu") if sharded else dist.device
-    model = load_model(start_path, load_device)
+    with _checkpoint_errors(resume_from):
+        tokenizer = load_tokenizer(start_path)
+        model = load_model(start_path, load_device)
     model.train()
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
@@ -510,7 +607,7 @@ def train(cfg: TrainConfig) -> Path:
     ]
     usable = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.max_prompt_length]
     if not usable:
-        raise ValueError(
+        raise UsageError(
             f"max_prompt_length: all {len(examples)} prompts are longer than {cfg.max_prompt_length} tokens"
         )
     prompts, answers = [encoded[i] for i in usable], [examples[i].answer for i in usable]
@@ -534,12 +631,13 @@ def train(cfg: TrainConfig) -> Path:
     sampler = PromptSampler(len(prompts), cfg.seed, dist.rank, dist.world_size)
     step = 0
     if resume_from is not None:
-        trainer_state, rank_state = load_checkpoint_state(resume_from, dist.rank)
-        load_optimizer_state(scorer, optimizer, trainer_state["optimizer"])
-        scheduler.load_state_dict(trainer_state["scheduler"])
-        step = trainer_state["step"]
-        sampler.load_state_dict(rank_state["sampler"])
-        set_rng_state(rank_state["rng"])
+        with _checkpoint_errors(resume_from):
+            trainer_state, rank_state = load_checkpoint_state(resume_from, dist.rank)
+            load_optimizer_state(scorer, optimizer, trainer_state["optimizer"])
+            scheduler.load_state_dict(trainer_state["scheduler"])
+            step = trainer_state["step"]
+            sampler.load_state_dict(rank_state["sampler"])
+            set_rng_state(rank_state["rng"])
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
     # The hf backend generates through the scorer: under FSDP that gathers the weights.
