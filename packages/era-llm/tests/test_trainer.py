@@ -1,6 +1,7 @@
 import contextlib
 import copy
 import os
+import shutil
 import signal
 
 import pytest
@@ -470,3 +471,49 @@ def test_bf16_training_step_on_cuda(tiny_model_dir, addition_data, tmp_path, par
     )
     rows = read_metrics(out / "metrics.csv")
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss/policy"])) for r in rows)
+
+
+def test_trains_on_dapo_math_shaped_parquet(tiny_model_dir, tmp_path, train_argv, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from era_llm.policy import load_tokenizer
+
+    model_dir = tmp_path / "chat-model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }};{% endfor %}"
+        "{% if add_generation_prompt %}a:{% endif %}"
+    )
+    tokenizer.save_pretrained(model_dir)
+    rows = [
+        {
+            "prompt": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": f"{a}+{b}= Answer: $Answer"},
+            ],
+            "reward_model": {"ground_truth": str(a + b), "style": "rule"},
+        }
+        for a, b in [(1, 2), (3, 4), (5, 1), (2, 2)]
+    ]
+    data = tmp_path / "dapo.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    seen = []
+
+    def recording_reward(completion, gold, answer_format="boxed"):
+        seen.append((gold, answer_format))
+        return parity_reward(completion, gold)
+
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", recording_reward)
+    out = tmp_path / "run"
+    main(
+        train_argv(
+            out,
+            *("--model", model_dir, "--data", data, "--max-steps", 1, "--no-dynamic-sampling"),
+            *("--answer-field", "reward_model.ground_truth", "--answer-format", "answer-line"),
+        )
+    )
+    assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1]
+    assert len(seen) == 8 and {f for _, f in seen} == {"answer-line"}
+    assert {g for g, _ in seen} <= {"3", "7", "6", "4"}
