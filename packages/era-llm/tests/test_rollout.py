@@ -160,9 +160,21 @@ class _FakeLLM:
 
     def __init__(self, **kwargs):
         self.kwargs, self.model, self.prefix_resets = kwargs, _FakeEngineModel(), 0
+        self.asleep, self.calls = set(), []
+
+    def sleep(self, level):
+        assert self.kwargs["enable_sleep_mode"] and level == 1
+        self.asleep = {"weights", "kv_cache"}
+        self.calls.append("sleep")
+
+    def wake_up(self, tags=None):
+        self.asleep -= set(tags)
+        self.calls.append(f"wake_up {','.join(tags)}")
 
     def generate(self, prompts, params, use_tqdm):
+        assert not self.asleep, "generate on a sleeping engine"
         self.prompts, self.params = prompts, params
+        self.autocast_seen = torch.is_autocast_enabled("cuda")
         out = SimpleNamespace
         completions = [
             out(token_ids=(7, 8, 2), finish_reason="stop", stop_reason=None),  # EOS included
@@ -173,6 +185,8 @@ class _FakeLLM:
         return [out(outputs=completions[: params.n]) for _ in prompts]
 
     def apply_model(self, function):
+        assert "weights" not in self.asleep, "weights loaded into a sleeping engine"
+        self.calls.append("load weights")
         return [function(self.model)]
 
     def reset_prefix_cache(self):
@@ -190,9 +204,16 @@ def test_vllm_backend_our_side_of_the_interface(monkeypatch, tiny_model_dir):
         str(tiny_model_dir), eos_token_ids=[2, 3], gpu_memory_utilization=0.5, seed=4
     )
     assert rollout.llm.kwargs["model"] == str(tiny_model_dir) and rollout.llm.kwargs["seed"] == 4
-    responses = rollout.generate(
-        [[5, 6], [9]], Sampling(n=4, temperature=0.7, top_p=0.9, max_new_tokens=3)
-    )
+    # The caller's autocast (the trainer's bf16) does not reach the engine.
+    torch.set_autocast_enabled("cuda", True)
+    try:
+        responses = rollout.generate(
+            [[5, 6], [9]], Sampling(n=4, temperature=0.7, top_p=0.9, max_new_tokens=3)
+        )
+    finally:
+        torch.set_autocast_enabled("cuda", False)
+    assert rollout.llm.autocast_seen is False
+    assert rollout.llm.kwargs["enable_sleep_mode"] is False and rollout.llm.calls == []
     assert rollout.llm.prompts == [{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [9]}]
     params = rollout.llm.params
     assert (params.n, params.temperature, params.top_p, params.max_tokens) == (4, 0.7, 0.9, 3)
@@ -204,3 +225,33 @@ def test_vllm_backend_our_side_of_the_interface(monkeypatch, tiny_model_dir):
     rollout.update_weights(model)
     assert set(rollout.llm.model.loaded) == set(model.state_dict())
     assert rollout.llm.prefix_resets == 1
+
+
+def test_vllm_sleep_frees_the_engine_while_training(monkeypatch, tiny_model_dir):
+    fake = SimpleNamespace(LLM=_FakeLLM, SamplingParams=lambda **kw: SimpleNamespace(**kw))
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from era_llm.rollout.vllm import VLLMRollout
+
+    rollout = VLLMRollout(str(tiny_model_dir), eos_token_ids=[2], sleep=True)
+    assert rollout.llm.kwargs["enable_sleep_mode"] is True
+    model = load_model(str(tiny_model_dir))
+    sampling = Sampling(n=2, temperature=1.0, top_p=1.0, max_new_tokens=3)
+    for _ in range(2):  # two training steps: sample, (train), push weights
+        rollout.generate([[5]], sampling)
+        assert rollout.llm.asleep == {"weights", "kv_cache"}  # nothing held while training
+        rollout.update_weights(model)
+        assert rollout.llm.asleep == {"kv_cache"}
+    rollout.generate([[5]], sampling)  # evaluation without a weight push also wakes it
+    assert rollout.llm.calls == [
+        "sleep",
+        "wake_up weights",
+        "load weights",
+        "wake_up kv_cache",
+        "sleep",
+        "wake_up weights",
+        "load weights",
+        "wake_up kv_cache",
+        "sleep",
+    ]
