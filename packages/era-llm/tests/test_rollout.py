@@ -217,6 +217,8 @@ def test_vllm_backend_our_side_of_the_interface(monkeypatch, tiny_model_dir):
     assert rollout.llm.prompts == [{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [9]}]
     params = rollout.llm.params
     assert (params.n, params.temperature, params.top_p, params.max_tokens) == (4, 0.7, 0.9, 3)
+    assert (params.repetition_penalty, params.presence_penalty, params.min_p) == (1.0, 0.0, 0.0)
+    assert rollout.llm.kwargs["generation_config"] == "vllm"
     # Every finished response ends with its EOS; a length-capped one does not.
     assert responses[:4] == [[7, 8, 2], [7, 8, 2], [7, 3], [7, 7, 7]]
     assert len(responses) == 8

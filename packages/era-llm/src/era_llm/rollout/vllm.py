@@ -62,6 +62,8 @@ class VLLMRollout:
             seed=seed,
             enable_prefix_caching=True,
             enable_sleep_mode=sleep,
+            # Sampling defaults from vLLM, not from the model's generation_config.json.
+            generation_config="vllm",
             # Under torchrun every rank drives its own engine on its own GPU.
             distributed_executor_backend="external_launcher" if distributed else None,
         )
@@ -76,6 +78,11 @@ class VLLMRollout:
             top_p=sampling.top_p,
             max_tokens=sampling.max_new_tokens,
             stop_token_ids=self.eos_token_ids,
+            # Neutral, so that what samples is softmax(logits / T) as the trainer scores it.
+            repetition_penalty=1.0,
+            presence_penalty=0.0,
+            frequency_penalty=0.0,
+            min_p=0.0,
         )
         self._wake("weights", "kv_cache")
         # vLLM picks its own dtypes and kernels: a caller's autocast (the trainer samples
