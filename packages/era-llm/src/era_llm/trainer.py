@@ -490,36 +490,36 @@ def config_diff(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     ]
 
 
-def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, is_main: bool) -> Path | None:
+def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path | None:
     """Check ``output_dir`` against the run it may hold; returns the checkpoint to resume.
 
     An unchanged config continues its run; a changed one needs ``resume`` (continue with
     the new values; the old config.yaml is kept as ``config.step-N.yaml``) or ``overwrite``
-    (start over). Collective under torchrun: rank 0 writes, every rank decides the same.
+    (start over). Collective under torchrun: rank 0 deletes and copies, and every rank
+    checks the same files, so all of them stop, or none.
 
     Raises:
         UsageError: The output dir cannot be written, or holds a run with another config.
     """
     saved_path = run_dir / "config.yaml"
-    if cfg.overwrite and is_main:
-        for name in ("checkpoints", "tb", "metrics.csv", "config.yaml"):
-            target = run_dir / name
+    if cfg.overwrite and dist.is_main and run_dir.is_dir():
+        for target in [run_dir / n for n in ("checkpoints", "tb", "metrics.csv", "config.yaml")]:
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
+        for old_config in run_dir.glob("config.step-*.yaml"):
+            old_config.unlink()
     barrier()
-    if is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as error:
-            raise UsageError(
-                f"output_dir: cannot write to {str(run_dir)!r} ({error.strerror or error})"
-            ) from error
-    barrier()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-rank{dist.rank}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(
+            f"output_dir: cannot write to {str(run_dir)!r} ({error.strerror or error})"
+        ) from error
     latest = latest_checkpoint(run_dir)
     if not saved_path.is_file():
         return latest
@@ -533,7 +533,7 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, is_main: bool) -> Path | N
             f"output_dir {str(run_dir)!r} holds a run with another config ({'; '.join(changes)}); "
             "add --resume to continue it with the new values, or --overwrite to start over"
         )
-    if changes and is_main and latest is not None:
+    if changes and dist.is_main and latest is not None:
         step = int(latest.name.split("-")[-1])
         shutil.copyfile(saved_path, run_dir / f"config.step-{step:08d}.yaml")
     return latest
@@ -551,7 +551,7 @@ def _checkpoint_errors(checkpoint: Path | None) -> Iterator[None]:
         raise UsageError(
             f"resume: checkpoint {str(checkpoint)!r} cannot be read "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-            "delete it to resume from the one before, or start over with --overwrite"
+            "write an earlier step-* name into checkpoints/latest, or start over with --overwrite"
         ) from error
 
 
@@ -574,7 +574,7 @@ def train(cfg: TrainConfig) -> Path:
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist.device.type == "cuda")
     autocast = lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
-    resume_from = _prepare_run_dir(cfg, run_dir, dist.is_main)
+    resume_from = _prepare_run_dir(cfg, run_dir, dist)
     start_path = str(resume_from) if resume_from else cfg.model
     # FSDP moves each rank's shards to its device; the whole model never has to fit there.
     sharded = cfg.parallel == "fsdp" and dist.world_size > 1
