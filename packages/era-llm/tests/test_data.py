@@ -204,3 +204,10 @@ def test_a_malformed_line_is_named_with_file_and_line(tmp_path):
     (tmp_path / "object.json").write_text('{"question": "a", "answer": "1"}')
     with pytest.raises(UsageError, match="must hold a JSON list of objects"):
         load_examples(tmp_path / "object.json")
+
+
+def test_a_corrupt_parquet_file_is_named(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"not parquet")
+    with pytest.raises(UsageError, match=r"data: cannot read .*broken\.parquet \("):
+        load_examples(path)
