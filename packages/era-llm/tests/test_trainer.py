@@ -11,6 +11,7 @@ from era_llm import rewards
 from era_llm.cli import main
 from era_llm.data import PromptSampler
 from era_llm.distributed import Distributed
+from era_llm.errors import UsageError
 from era_llm.losses import LOSSES
 from era_llm.metrics import read_metrics
 from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
@@ -121,6 +122,17 @@ def test_dynamic_sampling_tops_up_when_rounds_run_out(tiny_model_dir):
         "train/sampling_rounds": 2.0,
     }
     assert groups.in_loss.tolist() == [False, False]
+
+
+def test_dynamic_sampling_without_a_cap_stops_when_no_group_can_be_informative(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    prompts = [[t] for t in (4, 6, 8)]  # every group uninformative, every reward 1
+    answers = [tokenizer.decode(p) for p in prompts]
+    cfg = _cfg("m", "d", "o", prompts_per_step=2, num_generations=2)
+    with pytest.raises(UsageError, match=r"4 prompts sampled in 2 rounds and no group"):
+        collect_groups(
+            ScriptedRollout(), prompts, answers, PromptSampler(3, 0), tokenizer, _exact_reward, cfg
+        )
 
 
 def test_dynamic_sampling_samples_until_the_batch_is_full(tiny_model_dir):

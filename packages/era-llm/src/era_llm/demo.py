@@ -290,6 +290,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 save_every=cfg.rl_steps,
                 device="cpu",
                 overwrite=True,
+                max_sampling_rounds=3,
             )
         )
         runs[algo] = read_metrics(out / "metrics.csv")

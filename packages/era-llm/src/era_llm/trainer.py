@@ -224,15 +224,26 @@ def collect_groups(
     stops them first, the batch is topped up with uninformative groups marked out of the loss
     (``Groups.in_loss``): every rank still trains on the same number of responses, which
     keeps DDP in lockstep, and the loss is the mean over the informative groups only.
+
+    Raises:
+        UsageError: Without a cap, a whole pass over the prompts gave no informative group
+            (the reward is never, or always, earned), so sampling would never end.
     """
     sampling = Sampling(cfg.num_generations, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     g = cfg.num_generations
     kept: list[tuple[list[int], list[list[int]], Tensor]] = []
     spare: list[tuple[list[int], list[list[int]], Tensor]] = []
-    all_rewards, rounds = [], 0
+    all_rewards, rounds, sampled = [], 0, 0
     max_rounds = 1 if not cfg.dynamic_sampling else cfg.max_sampling_rounds or math.inf
     while len(kept) < cfg.prompts_per_step and rounds < max_rounds:
+        if not kept and sampled >= len(prompts):
+            raise UsageError(
+                f"dynamic_sampling: {sampled} prompts sampled in {rounds} rounds and no group "
+                f"had unequal rewards (mean reward {torch.cat(all_rewards).mean().item():g}); "
+                "check the reward and --answer-format, or cap --max-sampling-rounds"
+            )
         indices = [sampler.next() for _ in range(cfg.prompts_per_step - len(kept))]
+        sampled += len(indices)
         responses = rollout.generate([prompts[i] for i in indices], sampling)
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         rewards = torch.tensor(
