@@ -108,8 +108,15 @@ def test_scorer_under_bf16_autocast_is_close_to_fp32(tiny_model_dir):
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="model: cannot load"):
+    from era_llm.errors import UsageError
+    from era_llm.policy import load_tokenizer
+
+    with pytest.raises(UsageError, match=r"model: cannot load .*no such directory"):
         load_model(str(tmp_path / "nope"))
+    (tmp_path / "not-a-model" / "sub").mkdir(parents=True)
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(UsageError, match=r"model: cannot load .*a directory without a model"):
+            load(str(tmp_path / "not-a-model"))
 
 
 def test_inline_shaping_matches_an_explicit_scale(tiny_model_dir):

@@ -18,13 +18,18 @@ __all__ = ["TokenScorer", "enable_activation_checkpointing", "load_model", "load
 
 @contextmanager
 def _loading(path: str) -> Iterator[None]:
-    """Turn transformers' OSError for a bad path or id into a UsageError naming the option."""
+    """Turn transformers' error for a bad path or id into a UsageError naming the option.
+
+    transformers raises OSError for a missing model and ValueError for a directory it cannot
+    make a tokenizer or model from.
+    """
     try:
         yield
-    except OSError as error:
+    except (OSError, ValueError) as error:
         where = "a directory without a model" if Path(path).is_dir() else "no such directory"
         raise UsageError(
-            f"model: cannot load {path!r} ({where}, and not a model id that could be fetched): {error}"
+            f"model: cannot load {path!r} ({where}, and not a model id that could be fetched): "
+            + " ".join(str(error).split())  # one line, as the CLI reports it
         ) from error
 
 
