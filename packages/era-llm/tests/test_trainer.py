@@ -529,3 +529,19 @@ def test_trains_on_dapo_math_shaped_parquet(tiny_model_dir, tmp_path, train_argv
     assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1]
     assert len(seen) == 8 and {f for _, f in seen} == {"answer-line"}
     assert {g for g, _ in seen} <= {"3", "7", "6", "4"}
+
+
+def test_the_trainer_scores_at_the_sampling_temperature(tmp_path, train_argv, parity, monkeypatch):
+    from era_llm import trainer
+
+    built = []
+
+    class RecordingScorer(TokenScorer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append((self.temperature, self.topk, self.topk_mode))
+
+    monkeypatch.setattr(trainer, "TokenScorer", RecordingScorer)
+    argv = ("--temperature", 0.7, "--topk-logprobs", 3, "--kl-coef", 0.1, "--max-steps", 1)
+    main(train_argv(tmp_path / "run", *argv))
+    assert built == [(0.7, 3, "mask"), (0.7, 3, "mask")]  # the KL reference and the policy
