@@ -107,7 +107,8 @@ class TrainConfig(LossConfig, RolloutConfig):
     max_sampling_rounds: int | None = help_field(
         None,
         "cap on generation rounds per step when refilling groups (None: sample until the "
-        "batch is full, as DAPO does); at the cap the batch is topped up with groups that "
+        "batch is full, as DAPO does, or stop with an error if a whole pass over the prompts "
+        "gives no informative group); at the cap the batch is topped up with groups that "
         "stay out of the loss",
     )
     scale_rewards: bool = help_field(True, "divide advantages by the group std (False: Dr. GRPO)")
