@@ -284,3 +284,15 @@ def test_truncated_normal_runs_on(device):
     dist = TruncatedNormal(torch.zeros(8, device=device), torch.full((8,), 0.5, device=device))
     sample = dist.rsample((4,))
     assert sample.device.type == device and torch.isfinite(dist.log_prob(sample)).all()
+
+
+def test_topk_logprobs_mask_gives_outside_labels_minus_1e4_without_gradient():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0], [3.0, 2.0, 1.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([1, 3])
+    out = topk_logprobs(logits, labels, k=2, outside="mask")
+    expected_in = 2.0 - torch.logsumexp(torch.tensor([3.0, 2.0]), 0)
+    torch.testing.assert_close(out, torch.stack([expected_in, torch.tensor(-1e4)]))
+    out.sum().backward()
+    assert torch.all(logits.grad[1] == 0) and logits.grad[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="outside must be"):
+        topk_logprobs(logits, labels, k=2, outside="drop")

@@ -59,6 +59,43 @@ def addition_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def train_argv(tiny_model_dir, addition_data):
+    """``era-llm train`` arguments the CLI tests share: the tiny model on addition, on CPU.
+
+    ``train_argv(out, *extra)``: later flags in ``extra`` override these (argparse keeps the
+    last value).
+    """
+
+    def build(out, *extra):
+        return [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(addition_data),
+            "--output-dir",
+            str(out),
+            "--prompts-per-step",
+            "2",
+            "--num-generations",
+            "4",
+            "--micro-batch-size",
+            "4",
+            "--max-new-tokens",
+            "6",
+            "--prompt-template",
+            "{prompt}",
+            "--lr",
+            "1e-2",
+            "--device",
+            "cpu",
+            *map(str, extra),
+        ]
+
+    return build
+
+
+@pytest.fixture
 def shared_math() -> Path:
     if not SHARED_MATH.is_dir():
         pytest.skip(

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from era_llm.data import PromptSampler, encode_prompt, gold_answer, load_examples, read_records
+from era_llm.errors import UsageError
 from era_llm.rewards import last_boxed, math_verify_reward
 
 SHARED_FILES = {
@@ -53,7 +54,8 @@ def test_a_record_missing_the_field_is_named(tmp_path):
     path.write_text(
         json.dumps({"question": "a", "answer": "1"}) + "\n" + json.dumps({"question": "b"}) + "\n"
     )
-    with pytest.raises(ValueError, match=r"record 1 .* no field 'answer'"):
+    # datasets reads a missing field as null.
+    with pytest.raises(ValueError, match=r"record 1 .*: the answer must be text or a number"):
         load_examples(path)
 
 
@@ -70,7 +72,7 @@ def test_parquet_and_json(tmp_path):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(UsageError, match="no such file"):
         read_records(tmp_path / "missing.jsonl")
     (tmp_path / "d.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="unsupported file type"):
@@ -119,3 +121,93 @@ def test_encode_prompt_with_and_without_chat_template(tiny_model_dir):
     chat = encode_prompt(tokenizer, "1+2", "{prompt}=", chat_template=True)
     assert tokenizer.decode(chat) == "=1+2=+"
     assert encode_prompt(tokenizer, "1+2", "{prompt}=", chat_template=False) == plain
+
+
+def _dapo_rows():
+    """Two rows shaped like DAPO-Math-17k's parquet (chat prompt, nested ground truth)."""
+    instruction = (
+        "Solve the following math problem step by step. The last line of your response "
+        "should be of the form Answer: $Answer (without quotes) where $Answer is the answer "
+        'to the problem.\n\n{q}\n\nRemember to put your answer on its own line after "Answer:".'
+    )
+    rows = []
+    for index, (question, answer) in enumerate([("What is 3+4?", "7"), ("What is 5*7?", "35")]):
+        rows.append(
+            {
+                "data_source": "math_dapo",
+                "prompt": [{"content": instruction.format(q=question), "role": "user"}],
+                "ability": "MATH",
+                "reward_model": {"ground_truth": answer, "style": "rule-lm"},
+                "extra_info": {"index": f"id-{index}"},
+            }
+        )
+    rows[1]["prompt"].insert(0, {"content": "You are a careful solver.", "role": "system"})
+    return rows
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}[assistant]{% endif %}"
+)
+
+
+def test_dapo_math_shaped_parquet(tmp_path, tiny_model_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from era_llm.policy import load_tokenizer
+
+    path = tmp_path / "dapo-math-17k.parquet"
+    pq.write_table(pa.Table.from_pylist(_dapo_rows()), path)
+    examples = load_examples(path, answer_field="reward_model.ground_truth")
+    assert [e.answer for e in examples] == ["7", "35"]
+    assert examples[1].prompt[0] == {"role": "system", "content": "You are a careful solver."}
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    with pytest.raises(UsageError, match="chat messages, which need the tokenizer's chat template"):
+        encode_prompt(tokenizer, examples[1].prompt, "{prompt}", chat_template=True)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    expected = "[system]You are a careful solver.[user]" + examples[1].prompt[1]["content"]
+    ids = encode_prompt(tokenizer, examples[1].prompt, "ignored {prompt}", chat_template=True)
+    assert ids == tokenizer(expected + "[assistant]", add_special_tokens=False).input_ids
+    # DAPO's prompts ask for an Answer: line; that is what the answer-line format grades.
+    response = "3 + 4 = 7, so the sum is seven.\nAnswer: 7"
+    assert math_verify_reward(response, examples[0].answer, answer_format="answer-line") == 1.0
+    assert math_verify_reward(response, examples[0].answer) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"question": None, "answer": "1"}], r"record 0 of .*: the prompt must be .* NoneType"),
+        ([{"question": 5, "answer": "1"}], r"record 0 of .*: the prompt must be .* int"),
+        ([{"question": "a", "answer": [1, 2]}], r"record 0 of .*: the answer must be .* list"),
+        ([{"question": "a", "answer": None}], r"record 0 of .*: the answer must be .* NoneType"),
+        ([{"question": "a", "answer": ""}, {"question": "b", "answer": " "}], "every answer in"),
+    ],
+)
+def test_bad_data_is_refused(tmp_path, rows, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UsageError, match=message):
+        load_examples(path)
+
+
+def test_a_malformed_line_is_named_with_file_and_line(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"question": "a", "answer": "1"}\n\n{"question": "b", "answer": "2"\n')
+    with pytest.raises(UsageError, match=r"broken\.jsonl:3: malformed JSON line"):
+        load_examples(path)
+    path = tmp_path / "broken.json"
+    path.write_text('[{"question": "a",\n "answer": 1},\n {"question" "b"}]')
+    with pytest.raises(UsageError, match=r"broken\.json:3: malformed JSON"):
+        load_examples(path)
+    (tmp_path / "object.json").write_text('{"question": "a", "answer": "1"}')
+    with pytest.raises(UsageError, match="must hold a JSON list of objects"):
+        load_examples(tmp_path / "object.json")
+
+
+def test_a_corrupt_parquet_file_is_named(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"not parquet")
+    with pytest.raises(UsageError, match=r"data: cannot read .*broken\.parquet \("):
+        load_examples(path)

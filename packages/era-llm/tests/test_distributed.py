@@ -23,7 +23,7 @@ import torch
 from era_llm import rewards
 from era_llm.cli import main
 torch.set_num_threads(1)
-rewards.REWARDS["math-verify"] = lambda completion, gold: float(len(completion) % 2 == 0)
+rewards.REWARDS["math-verify"] = lambda completion, gold, **_: float(len(completion) % 2 == 0)
 main(sys.argv[1:])
 """
 
@@ -108,36 +108,9 @@ def entry(tmp_path):
     return script
 
 
-def _train_args(model_dir, data, out, *extra):
-    return [
-        "train",
-        "--model",
-        model_dir,
-        "--data",
-        data,
-        "--output-dir",
-        out,
-        "--prompts-per-step",
-        "2",
-        "--num-generations",
-        "4",
-        "--micro-batch-size",
-        "4",
-        "--max-new-tokens",
-        "6",
-        "--prompt-template",
-        "{prompt}",
-        "--lr",
-        "1e-2",
-        "--device",
-        "cpu",
-        *extra,
-    ]
-
-
-def test_two_process_gloo_training(tiny_model_dir, addition_data, tmp_path, entry):
+def test_two_process_gloo_training(tiny_model_dir, tmp_path, entry, train_argv):
     out = tmp_path / "run"
-    _torchrun(entry, *_train_args(tiny_model_dir, addition_data, out, "--max-steps", "2"))
+    _torchrun(entry, *train_argv(out, "--max-steps", "2"))
     checkpoint = out / "checkpoints" / "step-00000002"
     assert (checkpoint / "rank0.pt").is_file() and (checkpoint / "rank1.pt").is_file()
     assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2]
@@ -166,17 +139,17 @@ def test_fsdp_on_two_ranks_matches_one_process(tiny_model_dir, tmp_path):
     assert any(not torch.equal(start[k], single["weights"][k]) for k in start)
 
 
-def test_fsdp_training_resumes_exactly(tiny_model_dir, addition_data, tmp_path, entry):
+def test_fsdp_training_resumes_exactly(tiny_model_dir, tmp_path, entry, train_argv):
     # Two FSDP steps straight, against one step, then a restart from that checkpoint.
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     args = ["--parallel", "fsdp", "--save-every", "1", "--max-steps", "2"]
-    _torchrun(entry, *_train_args(tiny_model_dir, addition_data, straight, *args))
+    _torchrun(entry, *train_argv(straight, *args))
     checkpoints = straight / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000001", "step-00000002"]
     assert (checkpoints / "step-00000001" / "rank1.pt").is_file()
     shutil.copytree(checkpoints / "step-00000001", resumed / "checkpoints" / "step-00000001")
     (resumed / "checkpoints" / "latest").write_text("step-00000001")
-    _torchrun(entry, *_train_args(tiny_model_dir, addition_data, resumed, *args))
+    _torchrun(entry, *train_argv(resumed, *args))
     assert [row["step"] for row in read_metrics(resumed / "metrics.csv")] == [2]
 
     start = load_model(str(tiny_model_dir)).state_dict()

@@ -45,13 +45,53 @@ def test_scorer_matches_full_logits(tiny_model_dir, device, with_scale):
 def test_topk_logprobs_renormalise_over_the_top_logits(tiny_model_dir):
     model = load_model(str(tiny_model_dir))
     input_ids, attention, start = _batch("cpu")
-    logprobs, entropy, _ = TokenScorer(model, chunk_size=4, topk=3)(input_ids, attention, start)
+    scorer = TokenScorer(model, chunk_size=4, topk=3, topk_mode="renormalise")
+    logprobs, entropy, _ = scorer(input_ids, attention, start)
     ref_logprobs, ref_entropy = _reference(model, input_ids, attention, start, None)
     torch.testing.assert_close(entropy, ref_entropy)
     # Renormalising over fewer classes can only raise a log-probability.
     assert torch.all(logprobs >= ref_logprobs - 1e-6) and torch.all(logprobs <= 0)
     logprobs.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_topk_mask_is_the_default_and_masks_tokens_outside_the_top_k(tiny_model_dir):
+    model = load_model(str(tiny_model_dir))
+    input_ids, attention, start = _batch("cpu")
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    # Make each first response token the model's top choice (the prompt alone decides it).
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions).logits
+    input_ids[:, start] = logits[:, start - 1].argmax(-1)
+    scorer = TokenScorer(model, chunk_size=4, topk=3)
+    assert scorer.topk_mode == "mask"
+    logprobs, _, _ = scorer(input_ids, attention, start)
+    renormalised, _, _ = TokenScorer(model, chunk_size=4, topk=3, topk_mode="renormalise")(
+        input_ids, attention, start
+    )
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions).logits
+    top = logits[:, start - 1 : -1].topk(3, dim=-1).indices
+    inside = (top == input_ids[:, start:, None]).any(-1)
+    assert inside.any() and (~inside).any()
+    torch.testing.assert_close(logprobs[inside], renormalised[inside])
+    assert torch.all(logprobs[~inside] == -1e4)
+    # The masked tokens give no gradient: only the inside ones move the weights.
+    (logprobs * (~inside)).sum().backward()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in model.parameters())
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.7])
+def test_scorer_divides_logits_by_the_temperature(tiny_model_dir, temperature):
+    model = load_model(str(tiny_model_dir))
+    input_ids, attention, start = _batch("cpu")
+    logprobs, entropy, _ = TokenScorer(model, chunk_size=2, temperature=temperature)(
+        input_ids, attention, start
+    )
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions).logits
+    tempered = (logits[:, start - 1 : -1] / temperature).log_softmax(-1)
+    labels = input_ids[:, start:]
+    torch.testing.assert_close(logprobs, tempered.gather(-1, labels[..., None]).squeeze(-1))
+    torch.testing.assert_close(entropy, -(tempered.exp() * tempered).sum(-1))
 
 
 @pytest.mark.gpu
@@ -68,8 +108,15 @@ def test_scorer_under_bf16_autocast_is_close_to_fp32(tiny_model_dir):
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="model: cannot load"):
+    from era_llm.errors import UsageError
+    from era_llm.policy import load_tokenizer
+
+    with pytest.raises(UsageError, match=r"model: cannot load .*no such directory"):
         load_model(str(tmp_path / "nope"))
+    (tmp_path / "not-a-model" / "sub").mkdir(parents=True)
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(UsageError, match=r"model: cannot load .*a directory without a model"):
+            load(str(tmp_path / "not-a-model"))
 
 
 def test_inline_shaping_matches_an_explicit_scale(tiny_model_dir):

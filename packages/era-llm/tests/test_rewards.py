@@ -1,6 +1,6 @@
 import pytest
 
-from era_llm.rewards import last_boxed, math_verify_reward
+from era_llm.rewards import answer_line, last_boxed, math_verify_reward
 
 EQUIVALENT = [
     ("\\frac{1}{2}", "so the answer is \\boxed{0.5}"),
@@ -18,6 +18,15 @@ EQUIVALENT = [
     ("\\text{B}", "\\boxed{B}"),
     ("1,000", "\\boxed{1000}"),
     ("The area is \\boxed{12}.", "\\boxed{12}"),  # a worked solution as the gold reference
+    ("4.5e33", "\\boxed{4.5 \\times 10^{33}}"),  # Minerva's e-notation golds
+    ("1.77e-6", "\\boxed{1.77 \\times 10^{-6}}"),
+    ("1000", "\\boxed{1e3}"),
+    ("12", "\\boxed{\\textbf{(B) } 12}"),  # multiple choice: the value
+    ("B", "\\boxed{\\textbf{(B) } 12}"),  # ... or the letter
+    ("\\textbf{(C)}", "\\boxed{(C) 7}"),
+    ("5", "\\boxed{5.}"),  # a sentence's final period
+    ("18", "\\boxed{18 dollars}"),
+    ("18", "\\boxed{18 \\text{ dollars}}"),
 ]
 
 NOT_EQUIVALENT = [
@@ -30,6 +39,10 @@ NOT_EQUIVALENT = [
     ("1/3", "\\boxed{0.333}"),
     ("12", "\\boxed{12"),  # unclosed
     ("12", ""),
+    ("4.5e33", "\\boxed{4.5 \\times 10^{34}}"),
+    ("12", "\\boxed{\\textbf{(B) } 13}"),
+    ("A", "\\boxed{\\textbf{(B) } 12}"),
+    ("10\\pi", "\\boxed{10}"),
 ]
 
 
@@ -47,3 +60,18 @@ def test_last_boxed_balances_braces():
     assert last_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}} c") == "\\frac{1}{2}"
     assert last_boxed("no box") is None
     assert last_boxed("\\boxed{\\frac{1}{2}") is None
+
+
+def test_answer_line_format():
+    completion = "x = 3, so y = 4.\nAnswer: 34"
+    assert answer_line(completion) == "34"
+    assert math_verify_reward(completion, "34", answer_format="answer-line") == 1.0
+    # The boxed format ignores an Answer: line, and the answer-line format a lone box.
+    assert math_verify_reward(completion, "34") == 0.0
+    assert math_verify_reward("\\boxed{34}", "34", answer_format="answer-line") == 0.0
+    assert answer_line("Answer: 1\nwait.\nAnswer: $\\frac{1}{2}$\n") == "$\\frac{1}{2}$"
+    assert math_verify_reward("Answer: $\\frac{1}{2}$", "0.5", answer_format="answer-line") == 1.0
+    assert answer_line("Answer: \\boxed{7}.") == "7"
+    assert answer_line("no answer here") is None and answer_line("Answer:  ") is None
+    with pytest.raises(ValueError, match="answer_format must be one of"):
+        math_verify_reward("Answer: 1", "1", answer_format="last-line")

@@ -1,6 +1,7 @@
 import contextlib
 import copy
 import os
+import shutil
 import signal
 
 import pytest
@@ -10,13 +11,14 @@ from era_llm import rewards
 from era_llm.cli import main
 from era_llm.data import PromptSampler
 from era_llm.distributed import Distributed
+from era_llm.errors import UsageError
 from era_llm.losses import LOSSES
 from era_llm.metrics import read_metrics
 from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
 from era_llm.trainer import Groups, TrainConfig, collate, collect_groups, train, update_policy
 
 
-def parity_reward(completion: str, gold: str) -> float:
+def parity_reward(completion: str, gold: str, **_) -> float:
     """A reward a random tiny model earns about half the time, so groups carry signal."""
     return float(len(completion) % 2 == 0)
 
@@ -119,6 +121,56 @@ def test_dynamic_sampling_tops_up_when_rounds_run_out(tiny_model_dir):
         "train/informative_frac": 0.0,
         "train/sampling_rounds": 2.0,
     }
+    assert groups.in_loss.tolist() == [False, False]
+
+
+def test_dynamic_sampling_without_a_cap_stops_when_no_group_can_be_informative(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    prompts = [[t] for t in (4, 6, 8)]  # every group uninformative, every reward 1
+    answers = [tokenizer.decode(p) for p in prompts]
+    cfg = _cfg("m", "d", "o", prompts_per_step=2, num_generations=2)
+    with pytest.raises(UsageError, match=r"4 prompts sampled in 2 rounds and no group"):
+        collect_groups(
+            ScriptedRollout(), prompts, answers, PromptSampler(3, 0), tokenizer, _exact_reward, cfg
+        )
+
+
+def test_dynamic_sampling_samples_until_the_batch_is_full(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    # One prompt in ten is informative; four are needed: many rounds, no cap by default.
+    prompts = [[t] for t in (5, 4, 6, 8, 10, 12, 14, 16, 18, 20)]
+    answers = [tokenizer.decode(p) for p in prompts]
+    cfg = _cfg("m", "d", "o", prompts_per_step=4, num_generations=2)
+    assert cfg.max_sampling_rounds is None
+    groups = collect_groups(
+        ScriptedRollout(), prompts, answers, PromptSampler(10, 0), tokenizer, _exact_reward, cfg
+    )
+    assert [p[0] for p in groups.prompts] == [5, 5, 5, 5]
+    assert groups.in_loss.all() and groups.stats["train/informative_frac"] == 1.0
+    assert groups.stats["train/sampling_rounds"] > 3
+
+
+@pytest.mark.parametrize("algo", ["grpo", "grpo-entropy-bonus"])
+def test_top_up_groups_change_nothing(tiny_model_dir, algo):
+    groups = _groups()
+    # The same batch plus two uninformative groups marked out of the loss.
+    filler = [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    padded = Groups(
+        [*groups.prompts, [11], [12, 13]],
+        [*groups.responses, *[[5, 6, 7]] * 4, *[[8]] * 4],
+        torch.cat([groups.rewards, torch.tensor(filler)]),
+        {},
+        in_loss=torch.tensor([True] * 4 + [False] * 2),
+    )
+    base = load_model(str(tiny_model_dir))
+    models = [copy.deepcopy(base) for _ in range(2)]
+    for model, batch in zip(models, (groups, padded), strict=True):
+        torch.manual_seed(0)
+        cfg = _cfg("m", "d", "o", algo=algo, entropy_coef=0.1, prompts_per_step=len(batch.prompts))
+        _update(model, cfg, batch)
+    for p0, p1 in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(p1, p0, atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(p0, p) for p0, p in zip(models[0].parameters(), base.parameters()))
 
 
 def _groups(seed=0):
@@ -236,35 +288,19 @@ def _parameters(path):
     return {k: v.clone() for k, v in load_model(str(path)).state_dict().items()}
 
 
-def test_train_checkpoint_resume_eval(tiny_model_dir, addition_data, tmp_path, parity):
+def test_train_checkpoint_resume_eval(tiny_model_dir, addition_data, tmp_path, parity, train_argv):
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(addition_data),
-        "--output-dir",
-        str(out),
+    args = train_argv(
+        out,
         "--prompts-per-step",
-        "4",
-        "--num-generations",
-        "4",
+        4,
         "--micro-batch-size",
-        "8",
-        "--max-new-tokens",
-        "6",
-        "--prompt-template",
-        "{prompt}",
-        "--lr",
-        "1e-2",
-        "--device",
-        "cpu",
+        8,
         "--algo",
         "grpo-era",
         "--save-every",
-        "2",
-    ]
+        2,
+    )
     main([*args, "--max-steps", "3"])
     assert (out / "config.yaml").is_file() and (out / "tb").is_dir()
     assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2, 3]
@@ -275,9 +311,11 @@ def test_train_checkpoint_resume_eval(tiny_model_dir, addition_data, tmp_path, p
     start, trained = _parameters(tiny_model_dir), _parameters(out / "checkpoints" / "step-00000003")
     assert any(not torch.equal(start[k], trained[k]) for k in start)
 
-    main([*args, "--max-steps", "5"])  # resumes from step 3
+    main([*args, "--max-steps", "5", "--resume"])  # resumes from step 3 with more steps
     assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2, 3, 4, 5]
     assert (out / "checkpoints" / "latest").read_text() == "step-00000005"
+    assert "max_steps: 3" in (out / "config.step-00000003.yaml").read_text()
+    assert "max_steps: 5" in (out / "config.yaml").read_text()
 
     evaluated = tmp_path / "eval"
     main(
@@ -322,7 +360,7 @@ def test_sigterm_then_resume_equals_uninterrupted(
 
     calls = []
 
-    def interrupting_reward(completion, gold):
+    def interrupting_reward(completion, gold, **_):
         calls.append(1)
         if len(calls) == 20:  # during step 2's sampling (16 responses per step)
             os.kill(os.getpid(), signal.SIGTERM)
@@ -344,42 +382,91 @@ def test_sigterm_then_resume_equals_uninterrupted(
     assert strip(rows_a) == strip(rows_b)
 
 
+def _usage_error(capsys, argv):
+    """Run the CLI; it must exit 2 with one ``error:`` line on stderr and no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    # (Progress bars of model and data loading may come before it.)
+    last = stderr.splitlines()[-1]
+    assert last.startswith("error: ") and stderr.count("error:") == 1, stderr
+    assert "Traceback" not in stderr
+    return last
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--num-generations", "1"], "num_generations must be >= 2"),
         (["--model", "/nonexistent/model"], "model: cannot load"),
+        (["--device", "gpu"], "device: unknown device 'gpu'"),
+        (["--resume", "--overwrite"], "give one of them, not both"),
+        (["--config", "/nonexistent/run.yaml"], "--config /nonexistent/run.yaml: cannot read"),
     ],
 )
-def test_cli_reports_clear_errors(tiny_model_dir, addition_data, tmp_path, extra, message):
-    args = [
-        "train",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(addition_data),
-        "--output-dir",
-        str(tmp_path),
-    ]
-    with pytest.raises(SystemExit, match=message):
-        main(args + extra)
+def test_cli_reports_clear_errors(tmp_path, capsys, train_argv, extra, message):
+    assert message in _usage_error(capsys, train_argv(tmp_path / "run", *extra))
 
 
-def test_cli_reports_a_dataset_without_the_fields(tiny_model_dir, tmp_path):
+def test_cli_debug_shows_the_traceback(tmp_path, capsys, train_argv, monkeypatch):
+    argv = train_argv(tmp_path / "run", "--model", "/nonexistent/model")
+    with pytest.raises(ValueError, match="model: cannot load"):
+        main([*argv, "--debug"])
+    monkeypatch.setenv("ERA_DEBUG", "1")
+    with pytest.raises(ValueError, match="model: cannot load"):
+        main(argv)
+
+
+def test_cli_refuses_cuda_without_cuda(tmp_path, capsys, train_argv, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    stderr = _usage_error(capsys, train_argv(tmp_path / "run", "--device", "cuda"))
+    assert "device: 'cuda' was asked for, but CUDA is not available" in stderr
+
+
+def test_cli_refuses_an_unwritable_output_dir(tmp_path, capsys, train_argv):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    stderr = _usage_error(capsys, train_argv(blocker / "run"))
+    assert f"output_dir: cannot write to '{blocker / 'run'}'" in stderr
+
+
+def test_cli_reports_a_dataset_without_the_fields(tmp_path, capsys, train_argv):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"q": "1+1=", "a": "2"}\n')
-    with pytest.raises(SystemExit, match="has none of the fields"):
-        main(
-            [
-                "train",
-                "--model",
-                str(tiny_model_dir),
-                "--data",
-                str(data),
-                "--output-dir",
-                str(tmp_path / "o"),
-            ]
-        )
+    stderr = _usage_error(capsys, train_argv(tmp_path / "o", "--data", data))
+    assert "has none of the fields" in stderr
+    data.write_text('{"question": "1+1=", "answer": "2"}\n{"question": "2+2=", "answer": 4\n')
+    stderr = _usage_error(capsys, train_argv(tmp_path / "o", "--data", data))
+    assert f"data: {data}:2: malformed JSON line" in stderr
+
+
+def test_a_changed_run_is_refused_until_resume_or_overwrite(tmp_path, capsys, train_argv, parity):
+    out = tmp_path / "run"
+    main(train_argv(out, "--max-steps", 1, "--algo", "grpo-era"))
+    main(train_argv(out, "--max-steps", 1, "--algo", "grpo-era"))  # the same run: continues
+    assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1]
+    saved = (out / "config.yaml").read_text()
+    stderr = _usage_error(capsys, train_argv(out, "--max-steps", 2, "--algo", "grpo", "--lr", 0.1))
+    assert (
+        "holds a run with another config (algo: 'grpo-era' -> 'grpo'; lr: 0.01 -> 0.1; "
+        "max_steps: 1 -> 2); add --resume" in stderr
+    )
+    assert (out / "config.yaml").read_text() == saved  # untouched
+    main(train_argv(out, "--max-steps", 2, "--algo", "grpo", "--overwrite"))
+    assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000002"]
+    assert "algo: grpo\n" in (out / "config.yaml").read_text()
+
+
+def test_a_corrupt_checkpoint_is_reported(tmp_path, capsys, train_argv, parity):
+    out = tmp_path / "run"
+    main(train_argv(out, "--max-steps", 1))
+    (out / "checkpoints" / "step-00000001" / "trainer_state.pt").write_bytes(b"not a checkpoint")
+    stderr = _usage_error(capsys, train_argv(out, "--max-steps", 1))
+    assert f"resume: checkpoint '{out / 'checkpoints' / 'step-00000001'}' cannot be read" in stderr
+    assert "--overwrite" in stderr
 
 
 @pytest.mark.gpu
@@ -396,3 +483,65 @@ def test_bf16_training_step_on_cuda(tiny_model_dir, addition_data, tmp_path, par
     )
     rows = read_metrics(out / "metrics.csv")
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss/policy"])) for r in rows)
+
+
+def test_trains_on_dapo_math_shaped_parquet(tiny_model_dir, tmp_path, train_argv, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from era_llm.policy import load_tokenizer
+
+    model_dir = tmp_path / "chat-model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }};{% endfor %}"
+        "{% if add_generation_prompt %}a:{% endif %}"
+    )
+    tokenizer.save_pretrained(model_dir)
+    rows = [
+        {
+            "prompt": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": f"{a}+{b}= Answer: $Answer"},
+            ],
+            "reward_model": {"ground_truth": str(a + b), "style": "rule"},
+        }
+        for a, b in [(1, 2), (3, 4), (5, 1), (2, 2)]
+    ]
+    data = tmp_path / "dapo.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    seen = []
+
+    def recording_reward(completion, gold, answer_format="boxed"):
+        seen.append((gold, answer_format))
+        return parity_reward(completion, gold)
+
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", recording_reward)
+    out = tmp_path / "run"
+    main(
+        train_argv(
+            out,
+            *("--model", model_dir, "--data", data, "--max-steps", 1, "--no-dynamic-sampling"),
+            *("--answer-field", "reward_model.ground_truth", "--answer-format", "answer-line"),
+        )
+    )
+    assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1]
+    assert len(seen) == 8 and {f for _, f in seen} == {"answer-line"}
+    assert {g for g, _ in seen} <= {"3", "7", "6", "4"}
+
+
+def test_the_trainer_scores_at_the_sampling_temperature(tmp_path, train_argv, parity, monkeypatch):
+    from era_llm import trainer
+
+    built = []
+
+    class RecordingScorer(TokenScorer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append((self.temperature, self.topk, self.topk_mode))
+
+    monkeypatch.setattr(trainer, "TokenScorer", RecordingScorer)
+    argv = ("--temperature", 0.7, "--topk-logprobs", 3, "--kl-coef", 0.1, "--max-steps", 1)
+    main(train_argv(tmp_path / "run", *argv))
+    assert built == [(0.7, 3, "mask"), (0.7, 3, "mask")]  # the KL reference and the policy

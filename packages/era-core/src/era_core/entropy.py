@@ -4,7 +4,7 @@ dtypes and checks follow the rules in ``era_core.functional``'s module docstring
 """
 
 import math
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -521,19 +521,34 @@ def linear_logprobs_and_entropy(
     return logprobs.reshape(labels.shape), entropy.reshape(labels.shape)
 
 
-def topk_logprobs(logits: Tensor, labels: Tensor, k: int = 20) -> Tensor:
-    """Log-probability of ``labels`` renormalised over the ``k`` largest logits.
+def topk_logprobs(
+    logits: Tensor,
+    labels: Tensor,
+    k: int = 20,
+    outside: Literal["renormalise", "mask"] = "renormalise",
+) -> Tensor:
+    """Log-probability of ``labels`` over the ``k`` largest logits.
 
-    A label outside the top ``k`` joins the normalising set, so the result is always finite
-    and ``<= 0`` (the reference code's option for low-variance GRPO-ERA log-probs).
+    A label inside the top ``k`` gets its log-softmax over those ``k`` logits. A label
+    outside them is handled by ``outside``:
+
+    - ``"renormalise"`` (the default, this function's original behaviour): the label joins
+      the normalising set, so the result is finite, ``<= 0``, and has a gradient;
+    - ``"mask"`` (what the ERA authors' code does): the result is the constant ``-1e4``,
+      with no gradient.
 
     Shape: ``(..., vocab), (...) -> (...)``, float32 (float64 stays float64); integer labels.
     """
     _check_logits_and_labels("logits", logits, labels)
     check_range("k", k, 1, logits.shape[-1])
+    if outside not in ("renormalise", "mask"):
+        raise ValueError(f"outside must be 'renormalise' or 'mask', got {outside!r}")
     top_values, top_index = logits.topk(k, dim=-1)
     label_logit = logits.gather(-1, labels.unsqueeze(-1)).to(compute_dtype(logits))
-    outside = (top_index != labels.unsqueeze(-1)).all(-1, keepdim=True)
-    extra = label_logit.masked_fill(~outside, -math.inf)
+    outside_top = (top_index != labels.unsqueeze(-1)).all(-1, keepdim=True)
+    if outside == "mask":
+        inside = label_logit - torch.logsumexp(top_values.to(label_logit.dtype), -1, keepdim=True)
+        return torch.where(outside_top, -1e4, inside).squeeze(-1)
+    extra = label_logit.masked_fill(~outside_top, -math.inf)
     normaliser = torch.logsumexp(torch.cat([top_values.to(extra.dtype), extra], dim=-1), dim=-1)
     return label_logit.squeeze(-1) - normaliser

@@ -87,15 +87,22 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str | None = None) 
     """
     parser = argparse.ArgumentParser(prog=prog, description=(cls.__doc__ or "").split("\n")[0])
     parser.add_argument("--config", type=Path, help="YAML file of field values; flags override it")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (or ERA_DEBUG=1)"
+    )
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     for field in fields:
         _add_argument(parser, field, hints[field.name])
     args = vars(parser.parse_args(argv))
     config_path = args.pop("config", None)
+    args.pop("debug")
     values: dict[str, Any] = {}
     if config_path is not None:
-        loaded = yaml.safe_load(config_path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(config_path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"--config {config_path}: cannot read it ({error})") from error
         if not isinstance(loaded, dict):
             raise ValueError(f"--config {config_path}: expected a mapping of field names to values")
         unknown = sorted(set(loaded) - {f.name for f in fields})

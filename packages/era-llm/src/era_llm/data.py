@@ -7,13 +7,17 @@ from typing import Any
 
 import torch
 
+from era_llm.errors import UsageError
+
 __all__ = [
     "ANSWER_FIELDS",
     "DEFAULT_TEMPLATE",
     "PROMPT_FIELDS",
     "Example",
+    "Prompt",
     "PromptSampler",
     "encode_prompt",
+    "field_value",
     "gold_answer",
     "load_examples",
     "read_records",
@@ -28,12 +32,16 @@ DEFAULT_TEMPLATE = (
 )
 
 
+Prompt = str | list[dict[str, str]]
+"""A question: text, or chat messages ``[{"role": ..., "content": ...}, ...]``."""
+
+
 @dataclass(frozen=True)
 class Example:
-    r"""One problem: the question text and its gold reference.
+    r"""One problem: the question and its gold reference.
 
     Attributes:
-        prompt: The question, before templating.
+        prompt: The question before templating: text, or chat messages.
         answer: A final answer (``"204"``, ``"\frac{1}{2}"``) or a worked solution whose
             last ``\boxed{}`` holds the answer.
     """
@@ -42,26 +50,61 @@ class Example:
     answer: str
 
 
+def _malformed_json(path: Path) -> UsageError | None:
+    """The first malformed JSON line (or JSON error) of ``path``, with its line number."""
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            return UsageError(f"data: {path}:{error.lineno}: malformed JSON ({error.msg})")
+        if not isinstance(rows, list):
+            return UsageError(f"data: {path} must hold a JSON list of objects")
+        return None
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as error:
+                return UsageError(f"data: {path}:{number}: malformed JSON line ({error.msg})")
+    return None
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file, as dicts."""
+    """Rows of a local ``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file, as dicts.
+
+    Read through ``datasets`` (nested columns, such as chat-message prompts, stay nested).
+
+    Raises:
+        UsageError: No such file, another file type, or a file that does not parse (a
+            malformed JSON line is named with its line number).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data: no such file {str(path)!r}")
+        raise UsageError(f"data: no such file {str(path)!r}")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if suffix == ".json":
-        rows = json.loads(path.read_text())
-        if not isinstance(rows, list):
-            raise ValueError(f"data: {path} must hold a JSON list of objects")
-        return rows
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    if suffix not in (".jsonl", ".json", ".parquet"):
+        raise UsageError(
+            f"data: unsupported file type {suffix!r} ({path}); use .jsonl, .json or .parquet"
+        )
+    if suffix != ".parquet" and not path.read_text().strip():
+        raise UsageError(f"data: {path} holds no records")
+    import datasets
+    import pyarrow as pa
 
-        return pq.read_table(path).to_pylist()
-    raise ValueError(
-        f"data: unsupported file type {suffix!r} ({path}); use .jsonl, .json or .parquet"
-    )
+    try:
+        dataset = datasets.load_dataset(
+            "parquet" if suffix == ".parquet" else "json", data_files=str(path), split="train"
+        )
+    except (datasets.exceptions.DatasetsError, pa.ArrowException, ValueError) as error:
+        malformed = _malformed_json(path) if suffix != ".parquet" else None
+        cause = error.__cause__ or error
+        raise malformed or UsageError(
+            f"data: cannot read {path} ({str(cause).splitlines()[0] if str(cause) else type(cause).__name__})"
+        ) from error
+    if suffix == ".json" and (malformed := _malformed_json(path)):
+        raise malformed  # e.g. one object rather than a list: datasets reads it as a row
+    return dataset.to_list()
 
 
 def gold_answer(value: Any) -> str:
@@ -72,16 +115,71 @@ def gold_answer(value: Any) -> str:
     return text
 
 
+def field_value(record: dict[str, Any], name: str) -> Any:
+    """``record[name]``; a dotted name (``reward_model.ground_truth``) walks nested fields.
+
+    Raises:
+        KeyError: A part of the path is missing.
+    """
+    if name in record:
+        return record[name]
+    value: Any = record
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(name)
+        value = value[part]
+    return value
+
+
+def _has_field(record: dict[str, Any], name: str) -> bool:
+    try:
+        field_value(record, name)
+    except KeyError:
+        return False
+    return True
+
+
 def _pick_field(
     record: dict[str, Any], candidates: tuple[str, ...], option: str, path: Path
 ) -> str:
     for name in candidates:
         if name in record:
             return name
-    raise ValueError(
+    raise UsageError(
         f"data: {path} has none of the fields {list(candidates)}; its fields are {sorted(record)} "
         f"(name one with {option})"
     )
+
+
+def _prompt(value: Any, where: str) -> Prompt:
+    """A question: text, or a chat as a list of ``{"role", "content"}`` messages."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in value
+        )
+    ):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise UsageError(
+        f"data: {where}: the prompt must be non-empty text or a list of chat messages "
+        f"with role and content, got {type(value).__name__} {str(value)[:60]!r}"
+    )
+
+
+def _answer(value: Any, where: str) -> str:
+    """A gold answer: text or a number (not a list, a mapping or null)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise UsageError(
+            f"data: {where}: the answer must be text or a number, got "
+            f"{type(value).__name__} {str(value)[:60]!r}"
+        )
+    return gold_answer(value)
 
 
 def load_examples(
@@ -91,48 +189,69 @@ def load_examples(
 
     Args:
         path: A ``.jsonl``, ``.json`` or ``.parquet`` file.
-        prompt_field: Field holding the question; ``None`` tries ``PROMPT_FIELDS`` in order.
-        answer_field: Field holding the gold answer; ``None`` tries ``ANSWER_FIELDS`` in order.
+        prompt_field: Field holding the question (a dotted path such as ``prompt`` or
+            ``extra.question`` for nested fields); ``None`` tries ``PROMPT_FIELDS`` in order.
+            Its values are text or chat-message lists (DAPO-Math-17k's ``prompt``).
+        answer_field: Field holding the gold answer (dotted, e.g.
+            ``reward_model.ground_truth``); ``None`` tries ``ANSWER_FIELDS`` in order.
 
     Raises:
-        ValueError: The file is empty or a record lacks the chosen fields.
+        UsageError: The file is empty, a record lacks the chosen fields, a prompt is not
+            text or messages, an answer is not text or a number, or every answer is empty.
     """
     path = Path(path)
     records = read_records(path)
     if not records:
-        raise ValueError(f"data: {path} holds no records")
+        raise UsageError(f"data: {path} holds no records")
     prompt_field = prompt_field or _pick_field(records[0], PROMPT_FIELDS, "--prompt-field", path)
     answer_field = answer_field or _pick_field(records[0], ANSWER_FIELDS, "--answer-field", path)
     examples = []
     for index, record in enumerate(records):
+        where = f"record {index} of {path}"
         for name, option in ((prompt_field, "--prompt-field"), (answer_field, "--answer-field")):
-            if name not in record:
-                raise ValueError(
-                    f"data: record {index} of {path} has no field {name!r} ({option}); "
-                    f"its fields are {sorted(record)}"
+            if not _has_field(record, name):
+                raise UsageError(
+                    f"data: {where} has no field {name!r} ({option}); its fields are {sorted(record)}"
                 )
-        examples.append(Example(str(record[prompt_field]), gold_answer(record[answer_field])))
+        examples.append(
+            Example(
+                _prompt(field_value(record, prompt_field), where),
+                _answer(field_value(record, answer_field), where),
+            )
+        )
+    if not any(e.answer.strip() for e in examples):
+        raise UsageError(f"data: every answer in {path} is empty (field {answer_field!r})")
     return examples
 
 
-def encode_prompt(tokenizer: Any, prompt: str, template: str, chat_template: bool) -> list[int]:
-    """Token ids of a templated prompt, through the tokenizer's chat template when it has one.
+def encode_prompt(tokenizer: Any, prompt: Prompt, template: str, chat_template: bool) -> list[int]:
+    """Token ids of a prompt, through the tokenizer's chat template when it has one.
 
     Args:
         tokenizer: A transformers tokenizer.
-        prompt: The question.
+        prompt: The question as text, or as chat messages (rendered as they are, system turn
+            included; ``template`` is for text prompts only).
         template: Text with a ``{prompt}`` placeholder (other braces are kept as they are).
-        chat_template: Wrap the text as a user turn with ``apply_chat_template`` when the
+        chat_template: Wrap text as a user turn with ``apply_chat_template`` when the
             tokenizer defines a chat template.
+
+    Raises:
+        UsageError: Chat messages, but no chat template to render them with.
     """
-    text = template.replace("{prompt}", prompt)
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": text}]
-        rendered = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        return tokenizer(rendered, add_special_tokens=False).input_ids
-    return tokenizer(text).input_ids
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if isinstance(prompt, list):
+        if not (chat_template and has_template):
+            raise UsageError(
+                "data: the prompts are chat messages, which need the tokenizer's chat template "
+                "(the model has none, or --no-chat-template was given)"
+            )
+        messages = prompt
+    elif chat_template and has_template:
+        messages = [{"role": "user", "content": template.replace("{prompt}", prompt)}]
+    else:
+        return tokenizer(template.replace("{prompt}", prompt)).input_ids
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(rendered, add_special_tokens=False).input_ids
 
 
 class PromptSampler:

@@ -289,7 +289,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 era_omega_low=cfg.era_omega_low,
                 save_every=cfg.rl_steps,
                 device="cpu",
-                resume=False,
+                overwrite=True,
+                max_sampling_rounds=3,
             )
         )
         runs[algo] = read_metrics(out / "metrics.csv")

@@ -14,6 +14,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from era_llm.errors import UsageError
+
 __all__ = [
     "Distributed",
     "all_reduce_mean",
@@ -50,10 +52,24 @@ def init_distributed(device: str = "auto") -> Distributed:
     Args:
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; under
             torchrun CUDA ranks use ``cuda:LOCAL_RANK``.
+
+    Raises:
+        UsageError: An unknown device, or CUDA asked for where there is none.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError as error:
+        raise UsageError(
+            f"device: unknown device {device!r}; use auto, cpu, cuda or cuda:N"
+        ) from error
     use_cuda = device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise UsageError(
+            f"device: {device!r} was asked for, but CUDA is not available here "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Distributed(0, 1, torch.device(device))

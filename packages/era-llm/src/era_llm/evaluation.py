@@ -4,6 +4,7 @@ import json
 import math
 import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,8 +14,9 @@ from era_core.validation import check_range
 from era_llm.config import help_field, save_config
 from era_llm.data import DEFAULT_TEMPLATE, Example, encode_prompt, load_examples
 from era_llm.distributed import init_distributed
+from era_llm.errors import UsageError
 from era_llm.policy import load_model, load_tokenizer
-from era_llm.rewards import REWARDS, RewardFn
+from era_llm.rewards import REWARDS, AnswerFormat, RewardFn
 from era_llm.rollout import Rollout, RolloutConfig, Sampling, make_rollout
 
 __all__ = ["EvalConfig", "evaluate", "pass_at_k", "powers_of_two", "run_eval", "summarize"]
@@ -40,6 +42,11 @@ class EvalConfig(RolloutConfig):
     )
     reward: Literal["math-verify"] = help_field(
         "math-verify", "answer checker (era_llm.rewards.REWARDS)"
+    )
+    answer_format: AnswerFormat = help_field(  # noqa: RUF009 (a dataclasses.field)
+        "boxed",
+        "where a response's answer is: boxed (its last \\boxed{}) or answer-line (its last "
+        "'Answer:' line, DAPO-Math-17k's format)",
     )
     output_dir: str = help_field("runs/eval", "where per-problem JSONL and the summary go")
     seed: int = help_field(0, "sampling seed")
@@ -145,7 +152,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     sampling = Sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist.device.type == "cuda")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"output_dir: cannot write to {str(out)!r} ({error.strerror or error})"
+        ) from error
     save_config(cfg, out / "config.yaml")
     summaries = {}
     for path in cfg.data:
@@ -155,7 +167,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
             for e in examples
         ]
         with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
-            records = evaluate(rollout, tokenizer, examples, prompts, sampling, REWARDS[cfg.reward])
+            reward_fn = partial(REWARDS[cfg.reward], answer_format=cfg.answer_format)
+            records = evaluate(rollout, tokenizer, examples, prompts, sampling, reward_fn)
         name = Path(path).stem
         with open(out / f"{name}.jsonl", "w") as handle:
             handle.writelines(json.dumps(r) + "\n" for r in records)

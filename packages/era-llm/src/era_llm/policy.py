@@ -3,27 +3,33 @@
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from era_core.entropy import categorical_entropy, linear_logprobs_and_entropy, topk_logprobs
-from era_core.validation import check_range
+from era_core.validation import check_positive, check_range
+from era_llm.errors import UsageError
 
 __all__ = ["TokenScorer", "enable_activation_checkpointing", "load_model", "load_tokenizer"]
 
 
 @contextmanager
 def _loading(path: str) -> Iterator[None]:
-    """Turn transformers' OSError for a bad path or id into a ValueError naming the option."""
+    """Turn transformers' error for a bad path or id into a UsageError naming the option.
+
+    transformers raises OSError for a missing model and ValueError for a directory it cannot
+    make a tokenizer or model from.
+    """
     try:
         yield
-    except OSError as error:
+    except (OSError, ValueError) as error:
         where = "a directory without a model" if Path(path).is_dir() else "no such directory"
-        raise ValueError(
-            f"model: cannot load {path!r} ({where}, and not a model id that could be fetched): {error}"
+        raise UsageError(
+            f"model: cannot load {path!r} ({where}, and not a model id that could be fetched): "
+            + " ".join(str(error).split())  # one line, as the CLI reports it
         ) from error
 
 
@@ -31,7 +37,7 @@ def load_tokenizer(path: str) -> Any:
     """A transformers tokenizer with a pad token (the EOS token when it has none).
 
     Raises:
-        ValueError: ``path`` is neither a model directory nor a loadable model id.
+        UsageError: ``path`` is neither a model directory nor a loadable model id.
     """
     from transformers import AutoTokenizer
 
@@ -46,7 +52,7 @@ def load_model(path: str, device: torch.device | str = "cpu") -> Any:
     """Load a causal LM in float32 (the master weights; bf16 runs use autocast).
 
     Raises:
-        ValueError: ``path`` is neither a model directory nor a loadable model id.
+        UsageError: ``path`` is neither a model directory nor a loadable model id.
     """
     from transformers import AutoModelForCausalLM
 
@@ -68,13 +74,13 @@ def enable_activation_checkpointing(model: Any) -> None:
 
 
 def _topk_chunk(
-    hidden: Tensor, weight: Tensor, labels: Tensor, scale: Tensor | None, k: int
+    hidden: Tensor, weight: Tensor, labels: Tensor, scale: Tensor | None, k: int, outside: str
 ) -> tuple[Tensor, Tensor]:
     logits = hidden @ weight.T
     entropy = categorical_entropy(logits)
     if scale is not None:
         logits = logits.float() * scale.unsqueeze(-1)
-    return topk_logprobs(logits, labels, k), entropy
+    return topk_logprobs(logits, labels, k, outside=outside), entropy
 
 
 class TokenScorer(nn.Module):
@@ -90,11 +96,23 @@ class TokenScorer(nn.Module):
     Args:
         model: A transformers causal LM with a bias-free output projection.
         chunk_size: Tokens per logits chunk; ``None`` lets era-core pick ~256 MiB chunks.
-        topk: ``0`` for full-vocabulary log-probs, else renormalise over the top ``k`` logits
+        topk: ``0`` for full-vocabulary log-probs, else log-probs over the top ``k`` logits
             (the paper's low-variance option, 20); entropies stay full-vocabulary.
+        topk_mode: What a sampled token outside the top ``k`` gets: ``"mask"`` (the
+            authors' code: log-prob ``-1e4``, no gradient) or ``"renormalise"`` (it joins the
+            normalising set and keeps its gradient).
+        temperature: The sampling temperature: logits are divided by it before every
+            log-prob and entropy, so training scores the distribution that sampled.
     """
 
-    def __init__(self, model: Any, chunk_size: int | None = None, topk: int = 0) -> None:
+    def __init__(
+        self,
+        model: Any,
+        chunk_size: int | None = None,
+        topk: int = 0,
+        topk_mode: Literal["mask", "renormalise"] = "mask",
+        temperature: float = 1.0,
+    ) -> None:
         super().__init__()
         head = model.get_output_embeddings()
         if getattr(head, "bias", None) is not None:
@@ -104,7 +122,11 @@ class TokenScorer(nn.Module):
         if chunk_size is not None:
             check_range("logprob_chunk_size", chunk_size, 1)
         check_range("topk_logprobs", topk, 0, head.weight.shape[0])
+        if topk_mode not in ("mask", "renormalise"):
+            raise ValueError(f"topk_mode must be 'mask' or 'renormalise', got {topk_mode!r}")
+        check_positive("temperature", temperature)
         self.model, self.chunk_size, self.topk = model, chunk_size, topk
+        self.topk_mode, self.temperature = topk_mode, temperature
 
     def forward(
         self,
@@ -151,6 +173,9 @@ class TokenScorer(nn.Module):
         # era-core does its own float32 softmax math; hand it one dtype, outside autocast.
         with torch.autocast(device, enabled=False):
             hidden, weight = hidden.to(dtype), weight.to(dtype)
+            if self.temperature != 1.0:
+                # (h / T) @ W.T is the sampler's logits / T; the projection stays linear.
+                hidden = hidden / self.temperature
             shaping_entropy = None
             if shaping is not None:
                 with torch.no_grad():
@@ -168,8 +193,12 @@ class TokenScorer(nn.Module):
 
     @property
     def generation_config(self) -> Any:
-        """The LM's generation config (EOS ids for the rollout)."""
+        """The LM's generation config (EOS ids for the rollout; set aside while sampling)."""
         return self.model.generation_config
+
+    @generation_config.setter
+    def generation_config(self, config: Any) -> None:
+        self.model.generation_config = config
 
     def generate(self, **kwargs: Any) -> Tensor:
         """The LM's ``generate``; FSDP registers it as a forward method of this module."""
@@ -220,6 +249,7 @@ class TokenScorer(nn.Module):
                     labels[rows],
                     None if scale is None else scale[rows],
                     self.topk,
+                    self.topk_mode,
                     use_reentrant=False,
                 )
             )

@@ -7,14 +7,38 @@ selected by ``TrainConfig.reward``; add an entry to plug in another verifier.
 import re
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Literal
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-__all__ = ["REWARDS", "RewardFn", "last_boxed", "math_verify_reward"]
+__all__ = [
+    "ANSWER_FORMATS",
+    "REWARDS",
+    "AnswerFormat",
+    "RewardFn",
+    "answer_line",
+    "last_boxed",
+    "math_verify_reward",
+    "normalise_answer",
+]
 
-RewardFn = Callable[[str, str], float]
+AnswerFormat = Literal["boxed", "answer-line"]
+RewardFn = Callable[..., float]
+"""``(completion, gold, answer_format="boxed") -> reward``."""
 
 _INTEGER = re.compile(r"[+-]?\d+")
+# A whole answer in e-notation (Minerva's golds: ``4.5e33``), which math-verify would read
+# as 4.5 * e * 33.
+_E_NOTATION = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))[eE]([+-]?\d+)")
+# A multiple-choice answer: ``\textbf{(B) } 12``, ``(B) 12``, ``(B)``.
+_CHOICE = re.compile(r"(?:\\textbf\{\s*)?\(([A-E])\)\s*\}?\s*(.*)", re.DOTALL)
+_LETTER = re.compile(r"(?:\\text(?:bf)?\{\s*)?\(?([A-E])\)?\s*\}?")
+# A number followed by a unit in words: ``18 dollars``, ``5 \text{ cm}``.
+_NUMBER_WITH_UNIT = re.compile(
+    r"([+-]?\d[\d,]*(?:\.\d+)?)\s*(?:\\(?:text|mbox|mathrm)\{\s*([A-Za-z ]+)\}|([A-Za-z]{3,}(?: [A-Za-z]+)*))"
+)
+_MATH_WORDS = {"sqrt", "sin", "cos", "tan", "log", "exp", "cot", "sec", "csc", "arcsin"}
+_ANSWER_LINE = re.compile(r"Answer\s*:(.*)")
 
 
 def last_boxed(text: str) -> str | None:
@@ -33,41 +57,101 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def answer_line(text: str) -> str | None:
+    r"""What follows the last ``Answer:`` on its line (DAPO-Math-17k's format), or ``None``.
+
+    A ``\boxed{}`` on that line gives its content.
+    """
+    lines = _ANSWER_LINE.findall(text)
+    if not lines or not lines[-1].strip():
+        return None
+    answer = lines[-1].strip()
+    return last_boxed(answer) if "\\boxed{" in answer else answer
+
+
+ANSWER_FORMATS: dict[str, Callable[[str], str | None]] = {
+    "boxed": last_boxed,
+    "answer-line": answer_line,
+}
+
+
+def normalise_answer(text: str) -> str:
+    r"""An answer as a reader would take it, before math-verify parses it.
+
+    Surrounding ``$`` and a sentence's final period go (``5.`` is 5); a whole answer in
+    e-notation becomes ``a \times 10^{b}``; a number followed by a unit in words
+    (``18 dollars``) keeps the number.
+    """
+    text = text.strip().strip("$").strip()
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1].rstrip()
+    if match := _E_NOTATION.fullmatch(text):
+        return f"{match[1]} \\times 10^{{{int(match[2])}}}"
+    if (match := _NUMBER_WITH_UNIT.fullmatch(text)) and (match[3] or "") not in _MATH_WORDS:
+        return match[1]
+    return text
+
+
+def _choice(text: str) -> tuple[str | None, str]:
+    """``(letter, value)`` of a multiple-choice answer; ``(None, text)`` for any other."""
+    if match := _CHOICE.fullmatch(text):
+        return match[1], match[2].strip()
+    return None, text
+
+
 @lru_cache(maxsize=4096)
-def _parse_gold(gold: str) -> list:
-    # A worked solution carries its answer in \boxed{}; a bare answer is read as LaTeX math.
-    target = gold if "\\boxed" in gold else f"${gold}$"
-    return parse(target, extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()])
+def _parse(answer: str) -> list:
+    # Both sides are read the same way, as the content of a \boxed{}.
+    return parse(
+        f"\\boxed{{{answer}}}",
+        extraction_config=[LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()],
+    )
+
+
+def _equivalent(answer: str, gold: str) -> bool:
+    if _INTEGER.fullmatch(answer) and _INTEGER.fullmatch(gold):
+        return int(answer) == int(gold)
+    return bool(verify(_parse(gold), _parse(answer)))
 
 
 @lru_cache(maxsize=65536)
-def math_verify_reward(completion: str, gold: str) -> float:
-    r"""1.0 when the completion's last ``\boxed{}`` answer is equivalent to ``gold``, else 0.0.
+def math_verify_reward(completion: str, gold: str, answer_format: AnswerFormat = "boxed") -> float:
+    r"""1.0 when the completion's final answer is equivalent to ``gold``, else 0.0.
 
+    The answer is the last ``\boxed{}`` (``answer_format="boxed"``) or the last
+    ``Answer:`` line (``"answer-line"``, DAPO-Math-17k's format); an unmarked number in
+    the reasoning does not count. Both sides are read as a reader would
+    (``normalise_answer``: ``5.`` is 5, ``4.5e33`` is ``4.5 \times 10^{33}``), and a
+    multiple-choice answer ``\textbf{(B) } 12`` matches the gold ``12`` or ``B``.
     Equivalence is math-verify's: numeric (``0.5 == \frac{1}{2}``, ``10\% == 0.1``),
-    symbolic (``(x+1)^2 == x^2+2x+1``), sets, intervals and tuples. Only a boxed answer
-    counts (an unboxed number in the reasoning does not). Integer answers that both sides
-    spell as plain integers are compared directly, skipping the symbolic parser.
+    symbolic (``(x+1)^2 == x^2+2x+1``), sets, intervals and tuples; plain integers on both
+    sides are compared directly.
 
     Args:
         completion: The model's response text.
         gold: A final answer, or a solution whose last ``\boxed{}`` holds it.
+        answer_format: Where the completion's answer is: ``boxed`` or ``answer-line``.
     """
-    boxed = last_boxed(completion)
-    if boxed is None:
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(
+            f"answer_format must be one of {sorted(ANSWER_FORMATS)}, got {answer_format!r}"
+        )
+    answer = ANSWER_FORMATS[answer_format](completion)
+    gold_answer = last_boxed(gold) if "\\boxed{" in gold else gold
+    if answer is None or gold_answer is None:
         return 0.0
-    gold_boxed = last_boxed(gold) if "\\boxed" in gold else gold
-    if (
-        gold_boxed is not None
-        and _INTEGER.fullmatch(boxed.strip())
-        and _INTEGER.fullmatch(gold_boxed.strip())
-    ):
-        return float(int(boxed) == int(gold_boxed))
-    prediction = parse(
-        f"\\boxed{{{boxed}}}",
-        extraction_config=[LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()],
-    )
-    return float(verify(_parse_gold(gold), prediction))
+    letter, value = _choice(normalise_answer(answer))
+    gold_answer = normalise_answer(gold_answer)
+    if letter is not None:
+        gold_letter = _LETTER.fullmatch(gold_answer) or _CHOICE.fullmatch(gold_answer)
+        if gold_letter:
+            return float(gold_letter[1] == letter)
+        if not value:
+            return 0.0
+        answer = normalise_answer(value)
+    else:
+        answer = value
+    return float(_equivalent(answer, gold_answer))
 
 
 REWARDS: dict[str, RewardFn] = {"math-verify": math_verify_reward}

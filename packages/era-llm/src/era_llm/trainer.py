@@ -4,7 +4,8 @@ One training step, top to bottom (``train``):
 
 1. ``collect_groups``: ``num_generations`` responses for each of ``prompts_per_step``
    prompts, rewarded by a verifier; with dynamic sampling, groups whose rewards are all equal
-   (zero GRPO gradient) are dropped and refilled from the next prompts (DAPO).
+   (zero GRPO gradient) are dropped and refilled from the next prompts until the batch is
+   full (DAPO), or up to an optional cap on rounds.
 2. ``update_policy``: group-normalised advantages; a no-grad pass of the behaviour policy
    when needed (old log-probs for several mini-batches, token entropies for ERA's shaping);
    then per mini-batch the loss from ``LOSSES[algo]``, gradient accumulation over
@@ -17,15 +18,20 @@ FSDP2 (``parallel=fsdp``) also shards weights, gradients and optimiser state ove
 """
 
 import contextlib
+import dataclasses
+import math
 import random
+import shutil
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -49,6 +55,7 @@ from era_llm.distributed import (
     all_reduce_mean,
     all_reduce_sum,
     any_rank,
+    barrier,
     clip_grad_norm,
     fsdp_available,
     gathered_weights,
@@ -57,10 +64,11 @@ from era_llm.distributed import (
     parallelize,
     shutdown,
 )
+from era_llm.errors import UsageError
 from era_llm.losses import LOSSES, Loss, LossConfig, PolicyTerms
 from era_llm.metrics import MetricLogger
 from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
-from era_llm.rewards import REWARDS, RewardFn
+from era_llm.rewards import REWARDS, AnswerFormat, RewardFn
 from era_llm.rollout import Rollout, RolloutConfig, Sampling, make_rollout
 
 __all__ = ["Groups", "TrainConfig", "collate", "collect_groups", "train", "update_policy"]
@@ -83,6 +91,11 @@ class TrainConfig(LossConfig, RolloutConfig):
     reward: Literal["math-verify"] = help_field(
         "math-verify", "reward function (era_llm.rewards.REWARDS)"
     )
+    answer_format: AnswerFormat = help_field(  # noqa: RUF009 (a dataclasses.field)
+        "boxed",
+        "where a response's answer is: boxed (its last \\boxed{}) or answer-line (its last "
+        "'Answer:' line, DAPO-Math-17k's format)",
+    )
     output_dir: str = help_field("runs/era-llm", "run directory: config, metrics, checkpoints")
     seed: int = help_field(0, "random seed (rank r uses seed + r)")
     max_steps: int = help_field(200, "training steps (one rollout batch each)")
@@ -91,7 +104,13 @@ class TrainConfig(LossConfig, RolloutConfig):
     num_minibatches: int = help_field(1, "optimiser steps per rollout batch (1: fully on-policy)")
     micro_batch_size: int = help_field(8, "responses per forward/backward (gradient accumulation)")
     dynamic_sampling: bool = help_field(True, "drop groups with equal rewards and refill (DAPO)")
-    max_sampling_rounds: int = help_field(3, "generation rounds per step when refilling groups")
+    max_sampling_rounds: int | None = help_field(
+        None,
+        "cap on generation rounds per step when refilling groups (None: sample until the "
+        "batch is full, as DAPO does, or stop with an error if a whole pass over the prompts "
+        "gives no informative group); at the cap the batch is topped up with groups that "
+        "stay out of the loss",
+    )
     scale_rewards: bool = help_field(True, "divide advantages by the group std (False: Dr. GRPO)")
     max_prompt_length: int = help_field(1024, "prompts longer than this many tokens are skipped")
     lr: float = help_field(1e-6, "AdamW learning rate")
@@ -112,13 +131,23 @@ class TrainConfig(LossConfig, RolloutConfig):
         None, "tokens per logits chunk (None: ~256 MiB chunks)"
     )
     topk_logprobs: int = help_field(
-        0, "renormalise log-probs over the top-k logits (0: off; paper: 20)"
+        0, "log-probs over the top-k logits only (0: off; paper: 20), see topk_mode"
+    )
+    topk_mode: Literal["mask", "renormalise"] = help_field(
+        "mask",
+        "with topk_logprobs, a sampled token outside the top k: mask (the ERA authors' code: "
+        "log-prob -1e4, no gradient) or renormalise (it joins the normaliser, with gradient)",
     )
     save_every: int = help_field(
         50, "checkpoint every this many steps (and at the end / on SIGTERM)"
     )
     keep_checkpoints: int = help_field(2, "most recent checkpoints to keep")
-    resume: bool = help_field(True, "continue from the run directory's latest checkpoint if any")
+    resume: bool = help_field(
+        False,
+        "continue the run in output_dir although its config.yaml differs (the new values "
+        "apply from its latest checkpoint on); an unchanged config always continues",
+    )
+    overwrite: bool = help_field(False, "delete the run in output_dir and start over")
 
     def __post_init__(self) -> None:
         LossConfig.__post_init__(self)
@@ -134,16 +163,19 @@ class TrainConfig(LossConfig, RolloutConfig):
             "prompts_per_step",
             "num_minibatches",
             "micro_batch_size",
-            "max_sampling_rounds",
             "max_prompt_length",
             "save_every",
             "keep_checkpoints",
         ):
             check_range(name, getattr(self, name), 1)
+        if self.max_sampling_rounds is not None:
+            check_range("max_sampling_rounds", self.max_sampling_rounds, 1)
         check_range("warmup_steps", self.warmup_steps, 0)
         check_positive("lr", self.lr)
         check_range("weight_decay", self.weight_decay, 0.0)
         check_positive("max_grad_norm", self.max_grad_norm)
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite: give one of them, not both")
         if self.parallel == "fsdp" and not fsdp_available():
             raise ValueError(
                 f"parallel=fsdp needs torch.distributed with FSDP2 (torch >= 2.6, this is "
@@ -166,12 +198,16 @@ class Groups:
         responses: ``len(prompts) * G`` response token ids.
         rewards: Shape ``(len(prompts), G)``.
         stats: Sampling statistics for logging.
+        in_loss: Shape ``(len(prompts),)`` bool: ``False`` for groups that only top up a
+            batch (dynamic sampling stopped by its round cap); they keep every rank's batch
+            the same size but add nothing to the loss or its normaliser. ``None``: all count.
     """
 
     prompts: list[list[int]]
     responses: list[list[int]]
     rewards: Tensor
     stats: dict[str, float]
+    in_loss: Tensor | None = None
 
 
 def collect_groups(
@@ -185,19 +221,30 @@ def collect_groups(
 ) -> Groups:
     """Sample ``prompts_per_step`` groups, dropping and refilling uninformative ones.
 
-    After ``max_sampling_rounds`` the batch is topped up with uninformative groups (their
-    advantages are zero, so they only add to the loss normaliser): every rank always
-    trains on the same number of responses, which keeps DDP in lockstep.
+    With dynamic sampling, rounds continue until the batch is full. If ``max_sampling_rounds``
+    stops them first, the batch is topped up with uninformative groups marked out of the loss
+    (``Groups.in_loss``): every rank still trains on the same number of responses, which
+    keeps DDP in lockstep, and the loss is the mean over the informative groups only.
+
+    Raises:
+        UsageError: Without a cap, a whole pass over the prompts gave no informative group
+            (the reward is never, or always, earned), so sampling would never end.
     """
     sampling = Sampling(cfg.num_generations, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     g = cfg.num_generations
     kept: list[tuple[list[int], list[list[int]], Tensor]] = []
     spare: list[tuple[list[int], list[list[int]], Tensor]] = []
-    all_rewards, rounds = [], 0
-    while len(kept) < cfg.prompts_per_step and rounds < (
-        cfg.max_sampling_rounds if cfg.dynamic_sampling else 1
-    ):
+    all_rewards, rounds, sampled = [], 0, 0
+    max_rounds = 1 if not cfg.dynamic_sampling else cfg.max_sampling_rounds or math.inf
+    while len(kept) < cfg.prompts_per_step and rounds < max_rounds:
+        if not kept and sampled >= len(prompts):
+            raise UsageError(
+                f"dynamic_sampling: {sampled} prompts sampled in {rounds} rounds and no group "
+                f"had unequal rewards (mean reward {torch.cat(all_rewards).mean().item():g}); "
+                "check the reward and --answer-format, or cap --max-sampling-rounds"
+            )
         indices = [sampler.next() for _ in range(cfg.prompts_per_step - len(kept))]
+        sampled += len(indices)
         responses = rollout.generate([prompts[i] for i in indices], sampling)
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         rewards = torch.tensor(
@@ -226,6 +273,7 @@ def collect_groups(
             "train/informative_frac": informative / cfg.prompts_per_step,
             "train/sampling_rounds": float(rounds),
         },
+        in_loss=torch.arange(len(kept)) < informative,
     )
 
 
@@ -304,6 +352,13 @@ def update_policy(
     ids, attention, mask, start = collate(groups.prompts, groups.responses, pad_token_id, device)
     advantages = group_advantages(groups.rewards, cfg.scale_rewards).flatten().to(device)
     advantages = advantages[:, None] * mask
+    # Top-up groups (Groups.in_loss) stay out of the loss and out of its normaliser.
+    loss_mask = mask
+    if groups.in_loss is not None:
+        per_response = groups.in_loss.repeat_interleave(
+            len(groups.responses) // len(groups.prompts)
+        )
+        loss_mask = mask * per_response.to(device, torch.float32)[:, None]
     logit_scale, old_logprobs = None, None
     if cfg.num_minibatches > 1:
         # Several optimiser steps per batch: pin the behaviour policy first. Its entropies
@@ -331,13 +386,13 @@ def update_policy(
     grad_norms = []
     for minibatch in order.split(batch // cfg.num_minibatches):
         count = (
-            mask[minibatch].sum()
+            loss_mask[minibatch].sum()
             if cfg.aggregation == "token-mean"
-            else torch.tensor(float(len(minibatch)))
+            else (loss_mask[minibatch].sum(1) > 0).sum()
         )
         # DDP and FSDP average gradients over ranks, so each rank divides by the global
-        # count / world.
-        normaliser = all_reduce_sum(count.item(), device) / dist.world_size
+        # count / world. With nothing in the loss (all top-up) the loss is 0 whatever it is.
+        normaliser = max(all_reduce_sum(count.item(), device), 1.0) / dist.world_size
         micro = minibatch.split(cfg.micro_batch_size)
         for i, rows in enumerate(micro):
             with gradient_sync(trainable, i == len(micro) - 1), autocast():
@@ -361,7 +416,7 @@ def update_policy(
                     logprobs=logprobs,
                     old_logprobs=logprobs.detach() if old_logprobs is None else old_logprobs[rows],
                     advantages=row_advantages,
-                    mask=mask[rows],
+                    mask=loss_mask[rows],
                     entropy=entropy,
                     ref_logprobs=ref_logprobs,
                     normaliser=normaliser,
@@ -385,7 +440,8 @@ def update_policy(
         metrics["era/flattened_frac"] = _response_frac(applied_scale < 1, mask)
     tokens = mask.sum().clamp(min=1).item()
     metrics["loss/policy"] = policy_loss / cfg.num_minibatches
-    metrics.update({f"loss/{key}": total / tokens for key, total in token_sums.items()})
+    loss_tokens = loss_mask.sum().clamp(min=1).item()
+    metrics.update({f"loss/{key}": total / loss_tokens for key, total in token_sums.items()})
     metrics["entropy/token"] = (entropy_rows * mask).sum().item() / tokens
     metrics["entropy/response"] = (
         response_entropy(entropy_rows, mask, cfg.era_top_frac).mean().item()
@@ -430,6 +486,87 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+# Flags that say how to treat an existing run rather than what the run is.
+_RUN_DIR_FLAGS = ("resume", "overwrite")
+
+
+def config_diff(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """``"field: old -> new"`` for each field where ``cfg`` differs from a saved config.yaml."""
+    # Through YAML, so both sides have the types a file holds (lists, not tuples).
+    current = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg)))
+    missing = "(absent)"
+    return [
+        f"{name}: {saved.get(name, missing)!r} -> {current.get(name, missing)!r}"
+        for name in sorted(set(saved) | set(current))
+        if name not in _RUN_DIR_FLAGS and saved.get(name, missing) != current.get(name, missing)
+    ]
+
+
+def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path | None:
+    """Check ``output_dir`` against the run it may hold; returns the checkpoint to resume.
+
+    An unchanged config continues its run; a changed one needs ``resume`` (continue with
+    the new values; the old config.yaml is kept as ``config.step-N.yaml``) or ``overwrite``
+    (start over). Collective under torchrun: rank 0 deletes and copies, and every rank
+    checks the same files, so all of them stop, or none.
+
+    Raises:
+        UsageError: The output dir cannot be written, or holds a run with another config.
+    """
+    saved_path = run_dir / "config.yaml"
+    if cfg.overwrite and dist.is_main and run_dir.is_dir():
+        for target in [run_dir / n for n in ("checkpoints", "tb", "metrics.csv", "config.yaml")]:
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        for old_config in run_dir.glob("config.step-*.yaml"):
+            old_config.unlink()
+    barrier()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-rank{dist.rank}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(
+            f"output_dir: cannot write to {str(run_dir)!r} ({error.strerror or error})"
+        ) from error
+    latest = latest_checkpoint(run_dir)
+    if not saved_path.is_file():
+        return latest
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"output_dir: {saved_path} is not valid YAML; use --overwrite") from error
+    changes = config_diff(saved, cfg)
+    if changes and not cfg.resume:
+        raise UsageError(
+            f"output_dir {str(run_dir)!r} holds a run with another config ({'; '.join(changes)}); "
+            "add --resume to continue it with the new values, or --overwrite to start over"
+        )
+    if changes and dist.is_main and latest is not None:
+        step = int(latest.name.split("-")[-1])
+        shutil.copyfile(saved_path, run_dir / f"config.step-{step:08d}.yaml")
+    return latest
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(checkpoint: Path | None) -> Iterator[None]:
+    """Report a checkpoint that cannot be read as a usage error naming it."""
+    if checkpoint is None:
+        yield
+        return
+    try:
+        yield
+    except Exception as error:  # torch.load, safetensors and transformers each raise their own
+        raise UsageError(
+            f"resume: checkpoint {str(checkpoint)!r} cannot be read "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            "write an earlier step-* name into checkpoints/latest, or start over with --overwrite"
+        ) from error
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) a training run; returns the run directory.
 
@@ -439,6 +576,8 @@ def train(cfg: TrainConfig) -> Path:
     Raises:
         SystemExit: After SIGTERM/SIGINT: the current step finished and a checkpoint was
             saved; rerunning the same config resumes from it.
+        UsageError: A problem the user can fix: ``output_dir`` holds a run with another
+            config, or cannot be written; a checkpoint, the model or the data cannot be read.
     """
     dist = init_distributed(cfg.device)
     run_dir = Path(cfg.output_dir)
@@ -447,13 +586,14 @@ def train(cfg: TrainConfig) -> Path:
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist.device.type == "cuda")
     autocast = lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
-    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    resume_from = _prepare_run_dir(cfg, run_dir, dist)
     start_path = str(resume_from) if resume_from else cfg.model
-    tokenizer = load_tokenizer(start_path)
     # FSDP moves each rank's shards to its device; the whole model never has to fit there.
     sharded = cfg.parallel == "fsdp" and dist.world_size > 1
     load_device = torch.device("cpu") if sharded else dist.device
-    model = load_model(start_path, load_device)
+    with _checkpoint_errors(resume_from):
+        tokenizer = load_tokenizer(start_path)
+        model = load_model(start_path, load_device)
     model.train()
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
@@ -464,6 +604,8 @@ def train(cfg: TrainConfig) -> Path:
                 load_model(cfg.model, load_device).eval().requires_grad_(False),
                 cfg.logprob_chunk_size,
                 cfg.topk_logprobs,
+                cfg.topk_mode,
+                cfg.temperature,
             ),
             cfg.parallel,
             dist,
@@ -477,12 +619,14 @@ def train(cfg: TrainConfig) -> Path:
     ]
     usable = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.max_prompt_length]
     if not usable:
-        raise ValueError(
+        raise UsageError(
             f"max_prompt_length: all {len(examples)} prompts are longer than {cfg.max_prompt_length} tokens"
         )
     prompts, answers = [encoded[i] for i in usable], [examples[i].answer for i in usable]
 
-    scorer = TokenScorer(model, cfg.logprob_chunk_size, cfg.topk_logprobs)
+    scorer = TokenScorer(
+        model, cfg.logprob_chunk_size, cfg.topk_logprobs, cfg.topk_mode, cfg.temperature
+    )
     trainable = parallelize(scorer, cfg.parallel, dist, bf16)
     # The fused kernel (CPU and CUDA, also on FSDP's DTensors) is several times faster than
     # the per-tensor loop. Built after sharding, so it holds (and updates) the shards.
@@ -499,18 +643,20 @@ def train(cfg: TrainConfig) -> Path:
     sampler = PromptSampler(len(prompts), cfg.seed, dist.rank, dist.world_size)
     step = 0
     if resume_from is not None:
-        trainer_state, rank_state = load_checkpoint_state(resume_from, dist.rank)
-        load_optimizer_state(scorer, optimizer, trainer_state["optimizer"])
-        scheduler.load_state_dict(trainer_state["scheduler"])
-        step = trainer_state["step"]
-        sampler.load_state_dict(rank_state["sampler"])
-        set_rng_state(rank_state["rng"])
+        with _checkpoint_errors(resume_from):
+            trainer_state, rank_state = load_checkpoint_state(resume_from, dist.rank)
+            load_optimizer_state(scorer, optimizer, trainer_state["optimizer"])
+            scheduler.load_state_dict(trainer_state["scheduler"])
+            step = trainer_state["step"]
+            sampler.load_state_dict(rank_state["sampler"])
+            set_rng_state(rank_state["rng"])
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
     # The hf backend generates through the scorer: under FSDP that gathers the weights.
     rollout = make_rollout(scorer, tokenizer, start_path, cfg, seed=cfg.seed + dist.rank)
     logger = MetricLogger(run_dir, enabled=dist.is_main, resume_step=step)
-    loss, reward_fn = LOSSES[cfg.algo], REWARDS[cfg.reward]
+    loss = LOSSES[cfg.algo]
+    reward_fn = partial(REWARDS[cfg.reward], answer_format=cfg.answer_format)
 
     def checkpoint() -> None:
         save_checkpoint(

@@ -66,6 +66,11 @@ class RolloutConfig:
     generation_batch_size: int = help_field(64, "prompts per generate() call (hf backend)")
     vllm_gpu_memory_utilization: float = help_field(0.3, "GPU memory fraction vLLM may take")
     vllm_max_model_len: int | None = help_field(None, "vLLM context length (None: the model's)")
+    vllm_sleep: bool = help_field(
+        False,
+        "free vLLM's GPU memory while training (sleep mode: KV cache dropped, weights "
+        "offloaded to CPU after each rollout; untested without a GPU)",
+    )
 
     def __post_init__(self) -> None:
         check_positive("temperature", self.temperature)
@@ -101,6 +106,7 @@ def _vllm(model: Any, tokenizer: Any, model_path: str, cfg: RolloutConfig, seed:
         gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         max_model_len=cfg.vllm_max_model_len,
         seed=seed,
+        sleep=cfg.vllm_sleep,
     )
 
 

@@ -1,6 +1,7 @@
 """Rollouts with transformers ``generate`` on the training model itself."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -18,11 +19,34 @@ def trim_response(tokens: list[int], eos_token_ids: Sequence[int]) -> list[int]:
     return tokens
 
 
+@contextmanager
+def _without_model_defaults(model: Any) -> Iterator[None]:
+    """Generate with an empty model ``generation_config``.
+
+    transformers fills each field our config leaves ``None`` from the model's own config, and
+    the neutral value of several (``bad_words_ids``, ``suppress_tokens``, ``min_p``,
+    ``sequence_bias``, ``forced_eos_token_id``, ...) is ``None``; without the model's config
+    there is nothing to fill them from.
+    """
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
 class HFRollout:
     """Samples from the very module being trained, so ``update_weights`` has nothing to do.
 
-    Prompts are left-padded in batches of ``batch_size``; sampling uses the full
-    distribution (``top_k`` off) so responses come from the policy that is trained.
+    Prompts are left-padded in batches of ``batch_size``. Sampling is softmax(logits / T)
+    restricted only by ``top_p``: every other field of the ``GenerationConfig`` that could
+    change the distribution is set to its neutral value, and the model's own
+    ``generation_config`` (from ``generation_config.json``, e.g. Qwen's
+    ``repetition_penalty=1.05``) is set aside while generating, because transformers fills
+    every field left ``None`` from it. So responses come from the policy that is trained.
     Randomness comes from torch's global RNG (seeded and checkpointed by the trainer).
 
     Args:
@@ -44,9 +68,22 @@ class HFRollout:
 
         config = GenerationConfig(
             do_sample=True,
+            num_beams=1,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             top_k=0,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+            repetition_penalty=1.0,
+            encoder_repetition_penalty=1.0,
+            length_penalty=1.0,
+            no_repeat_ngram_size=0,
+            min_length=0,
+            min_new_tokens=0,
+            guidance_scale=1.0,
+            remove_invalid_values=False,
+            renormalize_logits=False,
             max_new_tokens=sampling.max_new_tokens,
             num_return_sequences=sampling.n,
             pad_token_id=self.pad_token_id,
@@ -66,7 +103,7 @@ class HFRollout:
                 mask = torch.tensor(
                     [[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device
                 )
-                with torch.no_grad():
+                with torch.no_grad(), _without_model_defaults(self.model):
                     # Ranks sample independently (different call counts under dynamic
                     # sampling), so no lockstep: transformers would turn it on for FSDP
                     # modules, where the trainer samples from gathered weights instead.

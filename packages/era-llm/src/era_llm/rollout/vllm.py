@@ -25,6 +25,9 @@ class VLLMRollout:
         gpu_memory_utilization: Fraction of GPU memory vLLM may take (the trainer shares it).
         max_model_len: Context length; ``None`` uses the model's.
         seed: Engine sampling seed (give each rank its own).
+        sleep: Free the engine's GPU memory between rollouts (vLLM's sleep mode): after
+            generating, its KV cache is dropped and its weights are offloaded to CPU memory;
+            ``update_weights`` brings the weights back, the next ``generate`` the KV cache.
 
     Raises:
         ImportError: vLLM is not installed.
@@ -38,6 +41,7 @@ class VLLMRollout:
         gpu_memory_utilization: float = 0.3,
         max_model_len: int | None = None,
         seed: int = 0,
+        sleep: bool = False,
     ) -> None:
         try:
             import vllm
@@ -48,7 +52,8 @@ class VLLMRollout:
         # Keep the engine in this process so apply_model reaches our tensors without a copy.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.eos_token_ids = list(eos_token_ids)
+        self.eos_token_ids, self.sleep = list(eos_token_ids), sleep
+        self._asleep: tuple[str, ...] = ()  # vLLM's sleep tags now released
         self.llm = vllm.LLM(
             model=str(model_path),
             dtype="bfloat16",
@@ -56,6 +61,9 @@ class VLLMRollout:
             max_model_len=max_model_len,
             seed=seed,
             enable_prefix_caching=True,
+            enable_sleep_mode=sleep,
+            # Sampling defaults from vLLM, not from the model's generation_config.json.
+            generation_config="vllm",
             # Under torchrun every rank drives its own engine on its own GPU.
             distributed_executor_backend="external_launcher" if distributed else None,
         )
@@ -70,10 +78,22 @@ class VLLMRollout:
             top_p=sampling.top_p,
             max_tokens=sampling.max_new_tokens,
             stop_token_ids=self.eos_token_ids,
+            # Neutral, so that what samples is softmax(logits / T) as the trainer scores it.
+            repetition_penalty=1.0,
+            presence_penalty=0.0,
+            frequency_penalty=0.0,
+            min_p=0.0,
         )
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False
-        )
+        self._wake("weights", "kv_cache")
+        # vLLM picks its own dtypes and kernels: a caller's autocast (the trainer samples
+        # inside one for the hf backend) must not reach the engine, which runs in this process.
+        with torch.autocast("cuda", enabled=False):
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False
+            )
+        if self.sleep:
+            self.llm.sleep(level=1)
+            self._asleep = ("weights", "kv_cache")
         responses = []
         for output in outputs:
             for completion in output.outputs:
@@ -97,5 +117,14 @@ class VLLMRollout:
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         weights = [(name, tensor.detach()) for name, tensor in state.items()]
+        # Asleep, the engine's KV cache stays freed until the next generate.
+        self._wake("weights")
         self.llm.apply_model(lambda engine_model: engine_model.load_weights(weights))
         self.llm.reset_prefix_cache()
+
+    def _wake(self, *tags: str) -> None:
+        """Give back to the engine whichever of ``tags`` its sleep released."""
+        waking = [tag for tag in tags if tag in self._asleep]
+        if waking:
+            self.llm.wake_up(tags=waking)
+            self._asleep = tuple(tag for tag in self._asleep if tag not in waking)
