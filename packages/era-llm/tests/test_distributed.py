@@ -203,6 +203,38 @@ def test_fsdp_training_resumes_exactly(tiny_model_dir, addition_data, tmp_path, 
     torch.testing.assert_close(optimizer[1]["state"], optimizer[0]["state"], rtol=0, atol=0)
 
 
+def test_ddp_lora_training_resumes_exactly(tiny_model_dir, addition_data, tmp_path, entry):
+    # LoRA under DDP: two steps straight, against one step and a restart from its checkpoint.
+    pytest.importorskip("peft")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    args = ["--lora-rank", "4", "--lora-alpha", "8", "--save-every", "1", "--max-steps", "2"]
+    _torchrun(entry, *_train_args(tiny_model_dir, addition_data, straight, *args))
+    checkpoints = straight / "checkpoints"
+    shutil.copytree(checkpoints / "step-00000001", resumed / "checkpoints" / "step-00000001")
+    (resumed / "checkpoints" / "latest").write_text("step-00000001")
+    _torchrun(entry, *_train_args(tiny_model_dir, addition_data, resumed, *args))
+    assert [row["step"] for row in read_metrics(resumed / "metrics.csv")] == [2]
+
+    final = [run / "checkpoints" / "step-00000002" for run in (straight, resumed)]
+    adapters = [safe_open(path / "adapter" / "adapter_model.safetensors", "pt") for path in final]
+    keys = set(adapters[0].keys())
+    assert keys == set(adapters[1].keys()) and all("lora_" in key for key in keys)
+    for key in keys:
+        torch.testing.assert_close(
+            adapters[1].get_tensor(key), adapters[0].get_tensor(key), rtol=0, atol=0
+        )
+    start = load_model(str(tiny_model_dir)).state_dict()
+    merged = [load_model(str(path)).state_dict() for path in final]
+    assert any(not torch.equal(start[k], merged[0][k]) for k in start)
+    for key in start:
+        torch.testing.assert_close(merged[1][key], merged[0][key], rtol=0, atol=0)
+    optimizer = [
+        torch.load(path / "trainer_state.pt", weights_only=False)["optimizer"] for path in final
+    ]
+    assert optimizer[0]["state"] and all(".lora_" in name for name in optimizer[0]["state"])
+    torch.testing.assert_close(optimizer[1]["state"], optimizer[0]["state"], rtol=0, atol=0)
+
+
 def test_fsdp_is_refused_where_it_cannot_work(monkeypatch):
     from transformers import GPT2Config, GPT2LMHeadModel
 
