@@ -1,6 +1,8 @@
 """LoRA adapters (PEFT) and bf16 weights: merged weights, frozen base, checkpoints, dtypes."""
 
 import copy
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -135,3 +137,23 @@ def test_bf16_weights_keep_weights_and_adam_state_in_bf16(
 def test_lora_config_refuses_bad_values(tiny_model_dir, overrides, message):
     with pytest.raises(ValueError, match=message):
         _cfg(tiny_model_dir, "d", "o", **overrides)
+
+
+def test_vllm_receives_the_merged_weights_of_a_lora_model(monkeypatch, tiny_model_dir):
+    loaded = {}
+    engine_model = SimpleNamespace(load_weights=lambda weights: loaded.update(weights))
+    llm = SimpleNamespace(
+        apply_model=lambda function: [function(engine_model)], reset_prefix_cache=lambda: None
+    )
+    fake = SimpleNamespace(LLM=lambda **kwargs: llm)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # restored after the test
+    from era_llm.rollout.vllm import VLLMRollout
+
+    model = _lora_model(tiny_model_dir)
+    VLLMRollout(str(tiny_model_dir), eos_token_ids=[1]).update_weights(model)
+    # vLLM's plain architecture gets plain names and the adapters' update merged in.
+    expected = merged_state_dict(model)
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[key], value) for key, value in expected.items())
