@@ -157,3 +157,11 @@ def test_vllm_receives_the_merged_weights_of_a_lora_model(monkeypatch, tiny_mode
     expected = merged_state_dict(model)
     assert loaded.keys() == expected.keys()
     assert all(torch.equal(loaded[key], value) for key, value in expected.items())
+
+
+def test_adapters_stay_float32_over_a_bf16_base(tiny_model_dir):
+    # What the README's memory table counts: 2 bytes per frozen base weight, and float32
+    # adapters (PEFT's default) with float32 gradients and AdamW state.
+    model = add_lora(load_model(str(tiny_model_dir), dtype=torch.bfloat16), 4, 8.0, ["all-linear"])
+    dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
+    assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}
