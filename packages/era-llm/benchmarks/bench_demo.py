@@ -6,12 +6,16 @@ differences between arms are paired). A seed whose ``summary.json`` exists is re
 so an interrupted benchmark continues where it stopped.
 
     OMP_NUM_THREADS=1 python packages/era-llm/benchmarks/bench_demo.py [--seeds 0 1 2]
+    # the negative control: the previous demo's addition task and settings
+    OMP_NUM_THREADS=1 python packages/era-llm/benchmarks/bench_demo.py --operation add \
+        --sft-steps 1000 --era-omega-low 0.6 --name bench_demo_add
 
-Prints the table and writes ``results/bench_demo.json`` and one plot per seed
-(``results/bench_demo_seed<S>.png``).
+Prints the table and writes ``results/<name>.json`` and one plot per seed
+(``results/<name>_seed<S>.png``).
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -55,19 +59,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output-dir", type=Path, default=Path("runs/bench-demo"))
+    parser.add_argument("--name", default="bench_demo", help="results file name")
+    defaults = DemoConfig()
+    parser.add_argument("--operation", default=defaults.operation, choices=["multiply", "add"])
+    parser.add_argument("--sft-steps", type=int, default=defaults.sft_steps)
+    parser.add_argument("--era-omega-low", type=float, default=defaults.era_omega_low)
     args = parser.parse_args()
+    options = {
+        "operation": args.operation,
+        "sft_steps": args.sft_steps,
+        "era_omega_low": args.era_omega_low,
+    }
     if not 2 <= len(args.seeds) <= 10:
         parser.error(f"--seeds: give 2 to 10 seeds for the paired intervals, got {len(args.seeds)}")
 
     summaries = {}
     for seed in args.seeds:
         out = args.output_dir / f"seed-{seed}"
-        done = out / "summary.json"
-        summaries[seed] = (
-            json.loads(done.read_text())
-            if done.is_file()
-            else run_demo(DemoConfig(output_dir=str(out), seed=seed))
-        )
+        cfg, done = DemoConfig(output_dir=str(out), seed=seed, **options), out / "summary.json"
+        if not done.is_file():
+            summaries[seed] = run_demo(cfg)
+            continue
+        summaries[seed] = json.loads(done.read_text())
+        ran = {k: v for k, v in summaries[seed]["config"].items() if k != "output_dir"}
+        if ran != {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_dir"}:
+            parser.error(f"{done} was run with other settings; pick another --output-dir")
     config = summaries[args.seeds[0]]["config"]
     big_k = config["eval_n"]
     columns = list(_row(summaries[args.seeds[0]], ARMS[0], big_k))
@@ -110,12 +126,12 @@ def main() -> None:
         "per_seed": rows,
         "paired_differences": paired,
     }
-    (RESULTS / "bench_demo.json").write_text(json.dumps(record, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2))
     for seed in args.seeds:
         shutil.copy(
-            args.output_dir / f"seed-{seed}" / "demo.png", RESULTS / f"bench_demo_seed{seed}.png"
+            args.output_dir / f"seed-{seed}" / "demo.png", RESULTS / f"{args.name}_seed{seed}.png"
         )
-    print(f"\nwrote {RESULTS / 'bench_demo.json'}")
+    print(f"\nwrote {RESULTS / f'{args.name}.json'}")
 
 
 if __name__ == "__main__":
