@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from era_core.cli import UsageError
 from era_llm import rewards
 from era_llm.lora import ADAPTER_DIR, add_lora, is_lora, merged_state_dict
 from era_llm.policy import TokenScorer, load_model
@@ -165,3 +166,9 @@ def test_adapters_stay_float32_over_a_bf16_base(tiny_model_dir):
     model = add_lora(load_model(str(tiny_model_dir), dtype=torch.bfloat16), 4, 8.0, ["all-linear"])
     dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
     assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}
+
+
+def test_lora_without_peft_says_how_to_install(monkeypatch, tiny_model_dir):
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
+    with pytest.raises(UsageError, match=r"pip install 'era-llm\[lora\]' \(--lora-rank\)"):
+        add_lora(load_model(str(tiny_model_dir)), 4, 8.0, ["all-linear"])

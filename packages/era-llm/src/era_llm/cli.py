@@ -34,7 +34,10 @@ def _demo(argv: list[str]) -> None:
 COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
     "train": (_train, "GRPO / GRPO-ERA training (torchrun for several processes)"),
     "eval": (_eval, "avg@n and pass@k of a model on math datasets"),
-    "demo": (_demo, "GRPO, entropy bonus and GRPO-ERA where exploration pays, tiny model, CPU, minutes"),
+    "demo": (
+        _demo,
+        "GRPO, entropy bonus and GRPO-ERA where exploration pays, tiny model, CPU, minutes",
+    ),
 }
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from era_core.cli import UsageError
+
 __all__ = ["ADAPTER_DIR", "add_lora", "is_lora", "merged_state_dict"]
 
 # The adapter's sub-directory of a checkpoint.
@@ -24,7 +26,9 @@ def _peft() -> Any:
     try:
         import peft
     except ImportError as error:
-        raise ImportError("lora_rank > 0 needs PEFT: pip install 'era-llm[lora]'") from error
+        raise UsageError(
+            "LoRA needs PEFT, which is not installed: pip install 'era-llm[lora]' (--lora-rank)"
+        ) from error
     return peft
 
 
