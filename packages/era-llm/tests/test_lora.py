@@ -87,23 +87,29 @@ def test_target_modules_choose_what_is_adapted(tiny_model_dir):
     assert is_lora(model) and not is_lora(load_model(str(tiny_model_dir)))
 
 
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
 def test_lora_training_freezes_the_base_and_checkpoints_merged_weights(
-    tiny_model_dir, addition_data, tmp_path, monkeypatch
+    tiny_model_dir, addition_data, tmp_path, monkeypatch, param_dtype
 ):
     monkeypatch.setitem(rewards.REWARDS, "math-verify", _parity_reward)
-    run = train(_cfg(tiny_model_dir, addition_data, tmp_path / "run"))
+    run = train(_cfg(tiny_model_dir, addition_data, tmp_path / "run", param_dtype=param_dtype))
+    dtype = getattr(torch, param_dtype)
     checkpoint = run / "checkpoints" / "step-00000002"
     assert (checkpoint / ADAPTER_DIR / "adapter_config.json").is_file()
     state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
     assert state and all(".lora_" in name for name in state)
 
-    base = load_model(str(tiny_model_dir))
+    base = load_model(str(tiny_model_dir), dtype=dtype)
     trained = add_lora(
-        load_model(str(tiny_model_dir)), 4, 8.0, ["all-linear"], checkpoint / ADAPTER_DIR
+        load_model(str(tiny_model_dir), dtype=dtype),
+        4,
+        8.0,
+        ["all-linear"],
+        checkpoint / ADAPTER_DIR,
     )
     # The checkpoint's plain weights (what eval and vLLM load) are the starting model plus
     # the saved adapter's update, bit for bit: the base stayed frozen.
-    merged = load_model(str(checkpoint)).state_dict()
+    merged = load_model(str(checkpoint), dtype=dtype).state_dict()
     expected = merged_state_dict(trained)
     assert any(not torch.equal(merged[k], base.state_dict()[k]) for k in merged)
     for key, value in expected.items():
