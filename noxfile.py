@@ -23,11 +23,11 @@ nox.options.keywords = "tests and cpu"
 ROOT = Path(__file__).parent
 PACKAGES = ["era-core", "era-control", "era-llm", "era-vision"]
 # Optional extras a package's tests exercise, and those only its benchmarks need.
-TEST_EXTRAS = {"era-core": [], "era-control": ["dmc"], "era-llm": [], "era-vision": ["timm"]}
+TEST_EXTRAS = {"era-core": [], "era-control": ["dmc"], "era-llm": ["lora"], "era-vision": ["timm"]}
 BENCH_EXTRAS = {"era-core": [], "era-control": ["bench"], "era-llm": ["trl"], "era-vision": []}
 # On GPU runners era-llm is tested with the real vLLM engine, which pins its own torch and so
 # lives in a separate fork of the lock (see [tool.uv] conflicts): group test-vllm, extra vllm.
-GPU_ENVIRONMENTS = {"era-llm": ("test-vllm", ["vllm"])}
+GPU_ENVIRONMENTS = {"era-llm": ("test-vllm", ["vllm", "lora"])}
 # pytest marker expression per device.
 DEVICES = {"cpu": "not gpu", "gpu": "gpu"}
 # Each package's demo: the main job on built-in defaults, writing under runs/demo/<package>/,

@@ -1,9 +1,6 @@
 """Multi-process training on CPU: two torchrun ranks on gloo, DDP and FSDP2."""
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -77,28 +74,14 @@ shutdown()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(script, *args, nproc=2):
     """Run ``script`` on ``nproc`` gloo ranks (torchrun), or as one plain process for 1."""
-    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
-    launcher += ["--master-port", str(_free_port())]
+    # --standalone: torchrun picks its own free port (no race with other processes).
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
     command = [sys.executable, *(launcher if nproc > 1 else []), str(script), *map(str, args)]
-    # Own session: a hung run is killed with its rank processes.
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        _, stderr = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        pytest.fail(f"timed out: {' '.join(command)}\n{stderr[-4000:]}")
-    assert process.returncode == 0, stderr[-4000:]
+    # No timeout: on a busy 2-core runner a fixed deadline is a flake; CI's job limit bounds hangs.
+    process = subprocess.run(command, capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr[-4000:]
 
 
 @pytest.fixture
@@ -173,6 +156,38 @@ def test_fsdp_training_resumes_exactly(tiny_model_dir, tmp_path, entry, train_ar
     # (A loaded state holds betas as a list, a fresh one as a tuple.)
     groups = [[g | {"betas": tuple(g["betas"])} for g in o["param_groups"]] for o in optimizer]
     assert groups[1] == groups[0]
+    torch.testing.assert_close(optimizer[1]["state"], optimizer[0]["state"], rtol=0, atol=0)
+
+
+def test_ddp_lora_training_resumes_exactly(tiny_model_dir, tmp_path, entry, train_argv):
+    # LoRA under DDP: two steps straight, against one step and a restart from its checkpoint.
+    pytest.importorskip("peft")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    args = ["--lora-rank", "4", "--lora-alpha", "8", "--save-every", "1", "--max-steps", "2"]
+    _torchrun(entry, *train_argv(straight, *args))
+    checkpoints = straight / "checkpoints"
+    shutil.copytree(checkpoints / "step-00000001", resumed / "checkpoints" / "step-00000001")
+    (resumed / "checkpoints" / "latest").write_text("step-00000001")
+    _torchrun(entry, *train_argv(resumed, *args))
+    assert [row["step"] for row in read_metrics(resumed / "metrics.csv")] == [2]
+
+    final = [run / "checkpoints" / "step-00000002" for run in (straight, resumed)]
+    adapters = [safe_open(path / "adapter" / "adapter_model.safetensors", "pt") for path in final]
+    keys = set(adapters[0].keys())
+    assert keys == set(adapters[1].keys()) and all("lora_" in key for key in keys)
+    for key in keys:
+        torch.testing.assert_close(
+            adapters[1].get_tensor(key), adapters[0].get_tensor(key), rtol=0, atol=0
+        )
+    start = load_model(str(tiny_model_dir)).state_dict()
+    merged = [load_model(str(path)).state_dict() for path in final]
+    assert any(not torch.equal(start[k], merged[0][k]) for k in start)
+    for key in start:
+        torch.testing.assert_close(merged[1][key], merged[0][key], rtol=0, atol=0)
+    optimizer = [
+        torch.load(path / "trainer_state.pt", weights_only=False)["optimizer"] for path in final
+    ]
+    assert optimizer[0]["state"] and all(".lora_" in name for name in optimizer[0]["state"])
     torch.testing.assert_close(optimizer[1]["state"], optimizer[0]["state"], rtol=0, atol=0)
 
 

@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from era_llm.distributed import barrier
+from era_llm.lora import ADAPTER_DIR, is_lora, merged_state_dict
 
 __all__ = [
     "latest_checkpoint",
@@ -144,10 +145,18 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    weights = _share_tied(model, get_model_state_dict(model, options=_GATHERED))
+    lora = is_lora(model)
+    if lora:
+        # The merged weights keep a checkpoint loadable as a plain model (eval, vLLM);
+        # a resume loads the adapter beside them onto the base model.
+        weights, plain = merged_state_dict(model), model.get_base_model()
+    else:
+        weights, plain = _share_tied(model, get_model_state_dict(model, options=_GATHERED)), model
     torch.save(rank_state, tmp / f"rank{rank}.pt")
     if rank == 0:
-        model.save_pretrained(tmp, state_dict=weights)
+        plain.save_pretrained(tmp, state_dict=weights)
+        if lora:
+            model.save_pretrained(tmp / ADAPTER_DIR)
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, tmp / "trainer_state.pt")
     barrier()

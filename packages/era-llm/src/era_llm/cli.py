@@ -46,13 +46,16 @@ def _demo(argv: list[str]) -> None:
 
     cfg = _config(DemoConfig, argv, "era-llm demo")
     print(json.dumps(run_demo(cfg), indent=2))
-    print(f"plot: {cfg.output_dir}/demo.png")
+    print(f"plot: {cfg.output_dir}/demo.png\nsummary: {cfg.output_dir}/summary.md")
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
     "train": (_train, "GRPO / GRPO-ERA training (torchrun for several processes)"),
     "eval": (_eval, "avg@n and pass@k of a model on math datasets"),
-    "demo": (_demo, "GRPO vs GRPO-ERA entropy collapse on a tiny model, CPU, minutes"),
+    "demo": (
+        _demo,
+        "GRPO, entropy bonus and GRPO-ERA where exploration pays, tiny model, CPU, minutes",
+    ),
 }
 
 

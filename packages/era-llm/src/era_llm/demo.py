@@ -1,18 +1,28 @@
-r"""A laptop-sized entropy-collapse experiment: GRPO vs GRPO-ERA on synthetic arithmetic.
+r"""A laptop-sized exploration experiment: GRPO, GRPO + entropy bonus and GRPO-ERA on arithmetic.
 
 No download is needed: a character-level tokenizer and a tiny Qwen2-architecture model are
-built in code, warm-started by supervised training on ``a+b=`` problems answered as
-``\boxed{a+b}``, then trained from that same start with GRPO and with GRPO-ERA by the real
-trainer (``era_llm.trainer.train``). The run directory gets both runs, their metrics, a plot
-of token entropy and accuracy over steps with pass@k at the end (``demo.png``) and the
-numbers (``summary.json``).
+built in code, warm-started by a short supervised run on ``a*b=`` problems (``a`` with three
+digits, ``b`` from 2 to 9) answered as ``\boxed{a*b}``, then trained from that same start by
+the real trainer (``era_llm.trainer.train``) with each algorithm of ``ARMS``.
+
+Why this task: the warm start knows the shape of the answer but not its middle digits, so
+its samples spread over many plausible numbers: pass@32 is several times its pass@1. A
+policy whose entropy collapses samples fewer candidates, so on problems it has not learnt it
+stops finding the right one: exploration is what held-out pass@k at large k measures. (The
+previous demo, three-digit addition, has one easily learnt answer; its entropy "collapse"
+is the model learning to add. ``operation="add"`` still runs it, as the negative control.)
+
+The run directory gets every run, their metrics, a plot of response entropy (with ERA's
+floor), token entropy, training reward and held-out pass@k (``demo.png``), the numbers
+(``summary.json``) and a one-page ``summary.md``.
 """
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -28,6 +38,7 @@ from era_llm.rollout.hf import HFRollout
 from era_llm.trainer import TrainConfig, collate, train
 
 __all__ = [
+    "ARMS",
     "DemoConfig",
     "build_model",
     "build_tokenizer",
@@ -38,34 +49,49 @@ __all__ = [
 
 # Everything the task writes: digits, operators and the letters of \boxed{}.
 ALPHABET = "0123456789+-*=\\boxed{}"
+# The algorithms compared, each trained from the same warm start with the same seed.
+ARMS = ("grpo", "grpo-entropy-bonus", "grpo-era")
+
+
+Operation = Literal["multiply", "add"]
 
 
 @dataclass(kw_only=True)
 class DemoConfig:
-    """GRPO vs GRPO-ERA from one supervised start on synthetic arithmetic, on CPU in minutes."""
+    """GRPO, GRPO + entropy bonus and GRPO-ERA from one supervised start, on CPU in minutes."""
 
     output_dir: str = help_field("runs/demo", "run directory")
-    seed: int = help_field(0, "seed of the model, the problems and both RL runs")
-    digits: int = help_field(3, "digits per operand of the a+b problems")
+    seed: int = help_field(0, "seed of the model, the problems and every RL run")
+    operation: Operation = help_field(  # noqa: RUF009 (a dataclasses.field)
+        "multiply",
+        "multiply: a*b, a with `digits` digits, b in 2..9 (many plausible answers); "
+        "add: a+b, both with `digits` digits (the previous demo, the negative control)",
+    )
+    digits: int = help_field(3, "digits of a (and of b for add)")
     hidden_size: int = help_field(64, "model width")
     num_layers: int = help_field(2, "decoder layers")
-    sft_steps: int = help_field(1000, "supervised warm-start steps (batch 64, 50 warm-up)")
+    sft_steps: int = help_field(600, "supervised warm-start steps (batch 64, 50 warm-up)")
     sft_lr: float = help_field(3e-3, "supervised learning rate")
     rl_steps: int = help_field(300, "RL steps per algorithm")
     rl_lr: float = help_field(3e-4, "RL learning rate")
     prompts_per_step: int = help_field(16, "prompts per RL step")
     num_generations: int = help_field(8, "responses per prompt")
+    entropy_coef: float = help_field(
+        0.01, "grpo-entropy-bonus weight (PPO's usual 0.01, set before any run, not tuned)"
+    )
     era_omega_low: float = help_field(
-        0.6, "GRPO-ERA response-entropy floor (the paper's 0.45 is for a 150k-token vocabulary)"
+        1.0,
+        "GRPO-ERA response-entropy floor: below the warm start's ~1.3 nats, inside the range "
+        "GRPO falls through (the paper's 0.45 is for a 150k-token vocabulary; add used 0.6)",
     )
     train_problems: int = help_field(2000, "distinct training problems")
     eval_problems: int = help_field(200, "held-out problems for pass@k")
-    eval_n: int = help_field(8, "samples per held-out problem")
+    eval_n: int = help_field(32, "samples per held-out problem (pass@k up to k = eval_n)")
     threads: int = help_field(1, "torch CPU threads (1 is fastest for a model this small)")
 
     @property
     def max_new_tokens(self) -> int:
-        """Room for the boxed sum (7 + digits + 2 tokens) and EOS, plus slack."""
+        """Room for the boxed answer (7 + digits + 2 tokens) and EOS, plus slack."""
         return 4 + 2 * self.digits + 4
 
     def __post_init__(self) -> None:
@@ -82,15 +108,19 @@ class DemoConfig:
             "threads",
         ):
             check_range(name, getattr(self, name), 1)
+        if self.operation not in ("multiply", "add"):
+            raise ValueError(f"operation must be 'multiply' or 'add', got {self.operation!r}")
         check_range("digits", self.digits, 1, 6)
+        total = _num_problems(self.digits, self.operation)
         check_range(
             "train_problems",
             self.train_problems,
             1,
-            _num_problems(self.digits) - self.eval_problems,
-            why=f"{_num_problems(self.digits)} distinct problems exist with {self.digits} digits",
+            total - self.eval_problems,
+            why=f"{total} distinct problems exist with {self.digits} digits",
         )
         check_range("num_generations", self.num_generations, 2)
+        check_range("entropy_coef", self.entropy_coef, 0.0)
 
 
 def build_tokenizer() -> Any:
@@ -134,24 +164,38 @@ def _operand_range(digits: int) -> tuple[int, int]:
     return (10 ** (digits - 1) if digits > 1 else 0), 10**digits - 1
 
 
-def _num_problems(digits: int) -> int:
-    low, high = _operand_range(digits)
-    return (high - low + 1) ** 2
+def _second_range(digits: int, operation: Operation) -> tuple[int, int]:
+    # A one-digit multiplier from 2 keeps every product non-trivial (no x0, no x1).
+    return (2, 9) if operation == "multiply" else _operand_range(digits)
+
+
+def _num_problems(digits: int, operation: Operation = "add") -> int:
+    (low, high), (low2, high2) = _operand_range(digits), _second_range(digits, operation)
+    return (high - low + 1) * (high2 - low2 + 1)
 
 
 def make_problems(
-    count: int, digits: int, rng: random.Random, exclude: set[str] = frozenset()
+    count: int,
+    digits: int,
+    rng: random.Random,
+    exclude: set[str] = frozenset(),
+    operation: Operation = "add",
 ) -> list[dict[str, str]]:
-    """``count`` distinct ``{"question": "a+b=", "answer": "a+b"}`` problems not in ``exclude``."""
-    check_range("count", count, 0, _num_problems(digits) - len(exclude))
-    low, high = _operand_range(digits)
+    """``count`` distinct ``{"question": "a+b=", "answer": "<a+b>"}`` problems not in ``exclude``.
+
+    ``operation="multiply"`` gives ``a*b=`` with a one-digit ``b`` from 2 to 9.
+    """
+    check_range("count", count, 0, _num_problems(digits, operation) - len(exclude))
+    (low, high), (low2, high2) = _operand_range(digits), _second_range(digits, operation)
+    symbol = "*" if operation == "multiply" else "+"
     seen, problems = set(exclude), []
     while len(problems) < count:
-        a, b = rng.randint(low, high), rng.randint(low, high)
-        question = f"{a}+{b}="
+        a, b = rng.randint(low, high), rng.randint(low2, high2)
+        question = f"{a}{symbol}{b}="
         if question not in seen:
             seen.add(question)
-            problems.append({"question": question, "answer": str(a + b)})
+            answer = a * b if operation == "multiply" else a + b
+            problems.append({"question": question, "answer": str(answer)})
     return problems
 
 
@@ -237,9 +281,13 @@ def _plot(
             axis.plot(steps, _smooth(values), color=f"C{index}", label=f"{name} (10-step mean)")
         axis.set(title=title, xlabel="RL step")
     axes[0].axhline(omega_low, color="k", linestyle="--", linewidth=1, label="ERA omega_low")
+    colors = {"sft": "k"} | {name: f"C{index}" for index, name in enumerate(runs)}
     for name, summary in evals.items():
         ks = [int(key.split("@")[1]) for key in summary if key.startswith("pass@")]
-        axes[3].plot(ks, [summary[f"pass@{k}"] for k in ks], marker="o", label=name)
+        label = "warm start" if name == "sft" else name
+        axes[3].plot(
+            ks, [summary[f"pass@{k}"] for k in ks], marker="o", color=colors[name], label=label
+        )
     axes[3].set(title="held-out pass@k", xlabel="k", xscale="log")
     axes[3].set_xticks(ks, [str(k) for k in ks])
     axes[3].minorticks_off()
@@ -251,15 +299,72 @@ def _plot(
     plt.close(figure)
 
 
+def _summary_markdown(summary: dict[str, Any], cfg: DemoConfig) -> str:
+    """The demo's one page: a table, one sentence computed from it, and the plot's link."""
+    evals, final, first = summary["eval"], summary["final"], summary["first"]
+    big_k = max(int(key.split("@")[1]) for key in evals["sft"] if key.startswith("pass@"))
+    rows = [
+        "| arm | response entropy: step 1 -> last 10 % | train reward (last 10 %) "
+        f"| held-out pass@1 | pass@8 | pass@{big_k} |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for name, result in evals.items():
+        if name == "sft":
+            entropy, reward = "", ""
+        else:
+            entropy = (
+                f"{first[name]['entropy/response']:.3f} -> {final[name]['entropy/response']:.3f}"
+            )
+            reward = f"{100 * final[name]['train/reward']:.1f} %"
+        cells = [f"{100 * result.get(f'pass@{k}', float('nan')):.1f} %" for k in (1, 8, big_k)]
+        rows.append(
+            f"| {'warm start' if name == 'sft' else name} | {entropy} | {reward} | {' | '.join(cells)} |"
+        )
+    ranked = sorted(ARMS, key=lambda name: evals[name][f"pass@{big_k}"], reverse=True)
+    ranking = " > ".join(f"{name} {100 * evals[name][f'pass@{big_k}']:.1f} %" for name in ranked)
+    sentence = (
+        f"On seed {cfg.seed} ({cfg.rl_steps} RL steps), held-out pass@{big_k} ranks {ranking} "
+        f"(warm start {100 * evals['sft'][f'pass@{big_k}']:.1f} %), and GRPO-ERA's response "
+        f"entropy ended {'above' if final['grpo-era']['entropy/response'] >= cfg.era_omega_low else 'below'} "
+        f"its floor of {cfg.era_omega_low:g}; one seed does not separate the arms, the 3-seed "
+        "table is benchmarks/bench_demo.py's."
+    )
+    task = (
+        f"{cfg.digits}-digit x 1-digit multiplication"
+        if cfg.operation == "multiply"
+        else f"{cfg.digits}-digit addition"
+    )
+    return "\n".join(
+        [
+            "## era-llm",
+            "",
+            f"GRPO, GRPO + entropy bonus ({cfg.entropy_coef:g}) and GRPO-ERA (floor "
+            f"{cfg.era_omega_low:g}) from one warm start on {task}; held-out: "
+            f"{cfg.eval_problems} problems x {cfg.eval_n} samples.",
+            "",
+            *rows,
+            "",
+            sentence,
+            "",
+            "[entropy, reward and pass@k curves](demo.png)",
+            "",
+        ]
+    )
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Warm start, GRPO and GRPO-ERA, evaluation, plot; returns the summary it writes."""
+    """Warm start, one RL run per arm, evaluation, plot; returns the summary it writes."""
     torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.output_dir)
     rng = random.Random(cfg.seed)
     random.seed(cfg.seed)
-    test = make_problems(cfg.eval_problems, cfg.digits, rng)
+    test = make_problems(cfg.eval_problems, cfg.digits, rng, operation=cfg.operation)
     train_problems = make_problems(
-        cfg.train_problems, cfg.digits, rng, exclude={p["question"] for p in test}
+        cfg.train_problems,
+        cfg.digits,
+        rng,
+        exclude={p["question"] for p in test},
+        operation=cfg.operation,
     )
     _write_jsonl(run_dir / "data" / "train.jsonl", train_problems)
 
@@ -271,7 +376,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     tokenizer.save_pretrained(start)
 
     runs, evals = {}, {"sft": _pass_at_k(start, test, cfg)}
-    for algo in ("grpo", "grpo-era"):
+    for algo in ARMS:
         out = train(
             TrainConfig(
                 model=str(start),
@@ -284,13 +389,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 prompts_per_step=cfg.prompts_per_step,
                 num_generations=cfg.num_generations,
                 micro_batch_size=cfg.prompts_per_step * cfg.num_generations,
+                # A fixed cap keeps every arm's step cost bounded when most groups agree.
+                dynamic_sampling=True,
+                max_sampling_rounds=3,
                 prompt_template="{prompt}",
                 max_new_tokens=cfg.max_new_tokens,
+                entropy_coef=cfg.entropy_coef,
                 era_omega_low=cfg.era_omega_low,
                 save_every=cfg.rl_steps,
                 device="cpu",
                 overwrite=True,
-                max_sampling_rounds=3,
             )
         )
         runs[algo] = read_metrics(out / "metrics.csv")
@@ -298,16 +406,18 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     _plot(runs, evals, cfg.era_omega_low, run_dir / "demo.png")
     last = max(1, cfg.rl_steps // 10)
+    keys = ("entropy/token", "entropy/response", "train/reward")
     summary = {
+        "config": dataclasses.asdict(cfg),
         "sft_final_loss": sft_losses[-1],
         "eval": evals,
+        # Step 1's entropies are the warm start's (measured before its optimiser step).
+        "first": {algo: {key: rows[0][key] for key in keys} for algo, rows in runs.items()},
         "final": {
-            algo: {
-                key: sum(r[key] for r in rows[-last:]) / last
-                for key in ("entropy/token", "entropy/response", "train/reward")
-            }
+            algo: {key: sum(r[key] for r in rows[-last:]) / last for key in keys}
             for algo, rows in runs.items()
         },
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "summary.md").write_text(_summary_markdown(summary, cfg))
     return summary

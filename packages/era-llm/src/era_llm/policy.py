@@ -48,8 +48,10 @@ def load_tokenizer(path: str) -> Any:
     return tokenizer
 
 
-def load_model(path: str, device: torch.device | str = "cpu") -> Any:
-    """Load a causal LM in float32 (the master weights; bf16 runs use autocast).
+def load_model(
+    path: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Any:
+    """Load a causal LM, by default in float32 (the master weights; bf16 runs use autocast).
 
     Raises:
         UsageError: ``path`` is neither a model directory nor a loadable model id.
@@ -57,7 +59,7 @@ def load_model(path: str, device: torch.device | str = "cpu") -> Any:
     from transformers import AutoModelForCausalLM
 
     with _loading(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device)
 
 

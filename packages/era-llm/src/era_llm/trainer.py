@@ -65,6 +65,7 @@ from era_llm.distributed import (
     shutdown,
 )
 from era_llm.errors import UsageError
+from era_llm.lora import ADAPTER_DIR, add_lora
 from era_llm.losses import LOSSES, Loss, LossConfig, PolicyTerms
 from era_llm.metrics import MetricLogger
 from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
@@ -119,6 +120,19 @@ class TrainConfig(LossConfig, RolloutConfig):
     max_grad_norm: float = help_field(1.0, "gradient clipping norm")
     precision: Literal["auto", "fp32", "bf16"] = help_field(
         "auto", "bf16: bf16 autocast over float32 weights; auto: bf16 on CUDA, fp32 on CPU"
+    )
+    param_dtype: Literal["float32", "bfloat16"] = help_field(
+        "float32",
+        "dtype the weights (and so their gradients and AdamW state) are kept in: float32 "
+        "masters, or bfloat16 for half the memory (updates smaller than bf16's precision are lost)",
+    )
+    lora_rank: int = help_field(
+        0, "train LoRA adapters of this rank instead of every weight (0: off; era-llm[lora])"
+    )
+    lora_alpha: float = help_field(16.0, "LoRA update scale numerator: lora_alpha / lora_rank")
+    lora_target_modules: list[str] = help_field(  # noqa: RUF009 (a dataclasses.field)
+        help="modules LoRA adapts (all-linear: every linear layer but the output projection)",
+        default_factory=lambda: ["all-linear"],
     )
     device: str = help_field("auto", "auto, cpu, cuda or cuda:N (torchrun ranks use LOCAL_RANK)")
     parallel: Literal["ddp", "fsdp"] = help_field(
@@ -176,6 +190,14 @@ class TrainConfig(LossConfig, RolloutConfig):
         check_positive("max_grad_norm", self.max_grad_norm)
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite: give one of them, not both")
+        check_range("lora_rank", self.lora_rank, 0)
+        check_positive("lora_alpha", self.lora_alpha)
+        if self.lora_rank and not self.lora_target_modules:
+            raise ValueError("lora_target_modules: name at least one module (or all-linear)")
+        if self.lora_rank and self.parallel == "fsdp":
+            raise ValueError(
+                "lora_rank > 0 runs with parallel=ddp; LoRA under fsdp is not supported"
+            )
         if self.parallel == "fsdp" and not fsdp_available():
             raise ValueError(
                 f"parallel=fsdp needs torch.distributed with FSDP2 (torch >= 2.6, this is "
@@ -591,17 +613,22 @@ def train(cfg: TrainConfig) -> Path:
     # FSDP moves each rank's shards to its device; the whole model never has to fit there.
     sharded = cfg.parallel == "fsdp" and dist.world_size > 1
     load_device = torch.device("cpu") if sharded else dist.device
+    dtype = getattr(torch, cfg.param_dtype)
     with _checkpoint_errors(resume_from):
         tokenizer = load_tokenizer(start_path)
-        model = load_model(start_path, load_device)
-    model.train()
+        # LoRA resumes as the base model plus the checkpoint's adapter (its weights are merged).
+        model = load_model(cfg.model if cfg.lora_rank else start_path, load_device, dtype)
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
+    if cfg.lora_rank:
+        adapter = resume_from / ADAPTER_DIR if resume_from else None
+        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, adapter)
+    model.train()
     ref_scorer = None
     if cfg.kl_coef > 0:
         ref_scorer = parallelize(
             TokenScorer(
-                load_model(cfg.model, load_device).eval().requires_grad_(False),
+                load_model(cfg.model, load_device, dtype).eval().requires_grad_(False),
                 cfg.logprob_chunk_size,
                 cfg.topk_logprobs,
                 cfg.topk_mode,
@@ -631,7 +658,8 @@ def train(cfg: TrainConfig) -> Path:
     # The fused kernel (CPU and CUDA, also on FSDP's DTensors) is several times faster than
     # the per-tensor loop. Built after sharding, so it holds (and updates) the shards.
     optimizer = torch.optim.AdamW(
-        model.parameters(),
+        # Only what trains: with LoRA the adapters (the frozen base has no AdamW state).
+        [p for p in model.parameters() if p.requires_grad],
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         fused=dist.device.type in ("cpu", "cuda"),

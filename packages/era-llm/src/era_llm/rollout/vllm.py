@@ -115,7 +115,14 @@ class VLLMRollout:
         """
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        from era_llm.lora import is_lora, merged_state_dict
+
+        # vLLM holds the plain architecture: a LoRA model sends its merged weights.
+        state = (
+            merged_state_dict(model)
+            if is_lora(model)
+            else get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        )
         weights = [(name, tensor.detach()) for name, tensor in state.items()]
         # Asleep, the engine's KV cache stays freed until the next generate.
         self._wake("weights")
