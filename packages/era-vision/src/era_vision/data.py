@@ -191,7 +191,7 @@ def _read_image(path: str) -> object:
     try:
         return torchvision.datasets.folder.default_loader(path)
     except OSError as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        raise UsageError(f"cannot read image {path}: {error}") from error
+        raise UsageError(f"cannot read image {path} ({type(error).__name__})") from error
 
 
 def _image_folder(root: Path) -> ImageData:

@@ -745,7 +745,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         logger = MetricLogger(run_dir, resume_step=pos.step if resumed else None)
     progress = tqdm(total=end, initial=pos.step, disable=not ctx.main, desc=run_dir.name)
     evaluation: dict[str, ClassificationMetrics] | None = None  # at pos.eval_step
-    with _Interrupt(ctx) as interrupt:
+    with _Interrupt(ctx) as interrupt, progress:
         while pos.step < end and not interrupt.stop:
             train_one_epoch(cfg, trainee, data, pos, end, ctx, interrupt, logger, progress)
             epoch, done = divmod(pos.step, spe)
@@ -758,7 +758,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     pos.eval_step = pos.step
                 interrupt.check(pos.step, every=1)
             save_checkpoint(checkpoint, cfg, trainee, pos, ctx)
-    progress.close()
 
     result |= {"signal": interrupt.signum, "step": pos.step}
     if interrupt.stop:
