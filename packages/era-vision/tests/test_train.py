@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from era_core.cli import UsageError
 from era_vision.cli import main
 from era_vision.train import TrainConfig, lr_at, train
 
@@ -254,13 +255,13 @@ def test_label_smoothing_on_top_of_era_is_explicit():
 
 
 def test_runtime_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(UsageError, match="unknown model"):
         train(TrainConfig(model="resnet_nope", out=str(tmp_path), **TINY))
-    with pytest.raises(ValueError, match="min_entropy"):  # log 10 = 2.30
+    with pytest.raises(UsageError, match="min_entropy"):  # log 10 = 2.30
         train(TrainConfig(regularizer="era", min_entropy=2.5, out=str(tmp_path), **TINY))
-    with pytest.raises(ValueError, match="train_subset"):
+    with pytest.raises(UsageError, match="train_subset"):
         train(TrainConfig(**{**TINY, "train_subset": 10**6}, out=str(tmp_path)))
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         train(TrainConfig(**{**TINY, "data": "fashion-mnist:/nonexistent"}, out=str(tmp_path)))
 
 
@@ -273,8 +274,8 @@ def test_config_file_then_flags(tmp_path, capsys):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["epochs"], saved["model"], saved["lr"]) == (1, "mlp", 0.01)
     (tmp_path / "bad.yaml").write_text("epochz: 1\n")
-    with pytest.raises(SystemExit):
-        main(["train", "--config", str(tmp_path / "bad.yaml")])
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "epochz" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--regularizer", "mixup"])
@@ -286,15 +287,24 @@ def test_demo(tmp_path):
     assert [r["regularizer"] for r in rows] == ["ce", "label-smoothing", "era"]
     assert rows[2]["entropy_min"] >= 0.6
     assert (tmp_path / "results.md").exists() and (tmp_path / "curves.png").exists()
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("## era-vision\n") and "| regularizer |" in summary
+    # The sentence quotes the measured numbers; the links resolve inside the demo folder.
+    assert f"{rows[2]['top1']:.3f} against {rows[0]['top1']:.3f}" in summary
+    for link in ("curves.png", "reliability.png"):
+        assert f"]({link})" in summary and (tmp_path / link).exists()
 
 
 @pytest.mark.gpu
-def test_cuda_recipe(tmp_path):
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
+def test_cuda_recipe(tmp_path, amp_dtype):
     result = train(
         TrainConfig(
             model="resnet_narrow",
             regularizer="era",
             epochs=1,
+            amp_dtype=amp_dtype,
+            clip_grad_norm=1.0,
             channels_last=True,
             compile=True,
             **{**TINY, "device": "cuda"},
