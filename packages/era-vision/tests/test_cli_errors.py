@@ -80,12 +80,13 @@ def test_infeasible_or_negative_floor(tmp_path, capsys, floor, match):
     assert match in _error_line(capsys, args)
 
 
-def test_corrupt_image_is_named_and_the_checkpoint_kept(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_is_named_and_the_checkpoint_kept(tmp_path, capsys, workers):
     _image_folder(tmp_path / "data", ["cat", "dog"], per_class=4)
     run = tmp_path / "run"
     args = ["train", "--data", f"imagenet:{tmp_path / 'data'}", "--model", "test_pool_linear"]
     args += ["--batch-size", "4", "--device", "cpu", "--augment", "none", "--out", str(run)]
-    args += ["--warmup-epochs", "0", "--epochs", "2"]
+    args += ["--warmup-epochs", "0", "--epochs", "2", "--workers", str(workers)]
     assert main([*args, "--max-steps", "2"]) == 0  # one epoch of 8 images
     saved = torch.load(run / "checkpoint.pt", weights_only=True)
     bad = tmp_path / "data" / "train" / "dog" / "1.png"

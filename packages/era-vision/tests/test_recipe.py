@@ -5,10 +5,17 @@ import csv
 import pytest
 import torch
 import torchvision
+from torch.utils.data import Subset
 
 from era_core.cli import UsageError
 from era_vision import with_era
-from era_vision.data import TensorImages, build_transform, load_data, stratified_split
+from era_vision.data import (
+    TensorImages,
+    build_transform,
+    dataset_labels,
+    load_data,
+    stratified_split,
+)
 from era_vision.train import TrainConfig, batch_mix, build_model, ema_update, train
 
 TINY = dict(
@@ -22,6 +29,9 @@ def test_train_subset_is_a_seeded_stratified_draw():
     assert torch.equal(torch.bincount(labels[drawn]), torch.full((10,), 10))  # a prefix: 2 classes
     assert torch.equal(drawn, stratified_split(labels, 100, seed=0)[1])
     assert not torch.equal(drawn, stratified_split(labels, 100, seed=1)[1])
+    images = TensorImages(torch.zeros(500, 1, 2, 2, dtype=torch.uint8), labels)
+    subset = Subset(images, drawn.tolist())
+    assert torch.equal(dataset_labels(subset), labels[drawn])  # read without indexing samples
 
 
 def test_basic_augmentation_does_not_flip_digits():

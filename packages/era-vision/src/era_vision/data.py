@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torchvision
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 
 from era_core.cli import UsageError
@@ -262,9 +262,11 @@ def load_data(spec: str, download: bool = False) -> ImageData:
 def dataset_labels(dataset: Dataset) -> Tensor:
     """The class label of every sample, ``(n,)`` int64, without decoding images where possible.
 
-    Reads ``TensorImages.labels`` or ImageFolder's ``targets``; any other dataset is indexed
-    sample by sample.
+    Reads ``TensorImages.labels`` or ImageFolder's ``targets`` (also through a ``Subset``); any
+    other dataset is indexed sample by sample.
     """
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
     for name in ("labels", "targets"):
         if hasattr(dataset, name):
             return torch.as_tensor(getattr(dataset, name), dtype=torch.long)

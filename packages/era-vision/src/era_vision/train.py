@@ -576,7 +576,7 @@ def train_one_epoch(
     data.train_set.set_epoch(epoch)
     data.sampler.start = done * data.micro_batch * cfg.grad_accum
     data.loader.generator.manual_seed(cfg.seed * 1_000_003 + epoch)  # type: ignore[union-attr]
-    batches = iter(data.loader)
+    batches = _batches(data.loader)
     loss_fn, mix = cfg.loss_fn(), batch_mix(cfg, data.data.num_classes)
     trainee.net.train()
     window = (pos.step, time.perf_counter())  # for images/s
@@ -593,6 +593,16 @@ def train_one_epoch(
             return
         if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
             save_checkpoint(checkpoint_path(cfg), cfg, trainee, pos, ctx)
+
+
+def _batches(loader: DataLoader) -> Iterator:
+    """The loader's batches; a ``UsageError`` raised in a worker keeps its one-line message."""
+    try:
+        yield from loader
+    except UsageError as error:
+        # DataLoader re-raises a worker's exception with the worker's traceback in the message.
+        *_, last = str(error).rstrip().splitlines()
+        raise UsageError(last.removeprefix(f"{UsageError.__module__}.UsageError: ")) from error
 
 
 def _train_step(
