@@ -1,4 +1,9 @@
-"""The ``era-vision`` command: train, eval, plot, demo (also ``python -m era_vision``)."""
+"""The ``era-vision`` command: train, eval, plot, demo (also ``python -m era_vision``).
+
+Errors the user can fix (bad flags or YAML, missing or corrupt data and checkpoints, an
+unwritable ``--out``, a missing device) print one line ``error: ...`` and exit with code 2;
+``--debug`` or ``ERA_DEBUG=1`` shows their traceback (``era_core.cli``).
+"""
 
 import argparse
 import json
@@ -8,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from era_core.cli import debug_requested, report_usage_errors
 from era_vision.config import add_arguments, config_from_args
 
 __all__ = ["PlotConfig", "main"]
@@ -74,14 +80,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="era-vision", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_text) in commands.items():
-        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text), cls)
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        add_arguments(subparser, cls)
+        subparser.add_argument(
+            "--debug", action="store_true", help="show the traceback of input errors"
+        )
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     cls, run, _ = commands[vars(args).pop("command")]
-    try:
-        cfg = config_from_args(cls, args)
-    except ValueError as error:
-        parser.error(str(error))
-    return run(cfg)
+    del args.debug
+
+    def body() -> int:
+        return run(config_from_args(cls, args))
+
+    return report_usage_errors(body, debug=debug_requested(argv))
 
 
 if __name__ == "__main__":

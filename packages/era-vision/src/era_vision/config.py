@@ -9,12 +9,16 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 
-__all__ = ["add_arguments", "config_from_args", "load_config", "save_config"]
+from era_core.cli import UsageError
+
+__all__ = ["add_arguments", "config_from_args", "load_config", "save_config", "user_input"]
 
 C = TypeVar("C")
 
@@ -59,24 +63,74 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument("--" + field.name.replace("_", "-"), **kwargs)
 
 
+@contextmanager
+def user_input(where: str) -> Iterator[None]:
+    """Report a ``ValueError`` or ``ImportError`` raised inside as a ``UsageError`` at ``where``.
+
+    For calls whose failures come from what the user asked for (a dataset, a model name, a
+    device); everything else keeps its traceback.
+    """
+    try:
+        yield
+    except (ValueError, ImportError) as error:
+        raise UsageError(f"{error} ({where})") from error
+
+
+def _type_matches(value: Any, kind: Any) -> bool:
+    if typing.get_origin(kind) is Literal:
+        return value in typing.get_args(kind)
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return any(_type_matches(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if typing.get_origin(kind) in (list, tuple):
+        return isinstance(value, list | tuple) and all(
+            _type_matches(v, typing.get_args(kind)[0]) for v in value
+        )
+    if kind is float:  # YAML writes 1 for 1.0
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_field_types(cls: type, values: dict[str, Any], source: object) -> None:
+    """Refuse values (from a YAML file) whose type is not the field's, naming the field."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if not _type_matches(value, hints[name]):
+            kind = getattr(hints[name], "__name__", str(hints[name]))
+            raise UsageError(f"field {name!r} must be {kind}, got {value!r} ({source})")
+
+
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
-    """Build ``cls`` from defaults, then ``--config`` YAML, then command-line flags."""
+    """Build ``cls`` from defaults, then ``--config`` YAML, then command-line flags.
+
+    Raises:
+        UsageError: If the YAML is unreadable, names unknown fields or has a value of the wrong
+            type, or if the config refuses a value (its ``ValueError``).
+    """
     values = vars(args).copy()
     path = values.pop("config", None)
     merged = load_yaml(path) if path is not None else {}
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(merged) - names
     if unknown:
-        raise ValueError(f"{path}: unknown fields {sorted(unknown)}")
+        raise UsageError(f"unknown fields {sorted(unknown)} (--config {path})")
+    check_field_types(cls, merged, f"--config {path}")
     merged.update({k: v for k, v in values.items() if k in names})
-    return cls(**merged)
+    with user_input("command line" if path is None else f"command line, --config {path}"):
+        return cls(**merged)
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping (an empty file gives ``{}``)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UsageError(f"cannot read YAML: {error} ({path})") from error
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of field names to values")
+        raise UsageError(f"{path} must hold a mapping of field names to values")
     return data
 
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from era_vision.plots import markdown_table, plot_runs
 from era_vision.train import TrainConfig, train
 
@@ -20,20 +22,30 @@ class DemoConfig:
     out: str = field(default="runs/demo/era-vision", metadata={"help": "output folder"})
     data: str = field(default="digits", metadata={"help": "dataset NAME[:PATH]"})
     model: str = field(default="resnet_narrow", metadata={"help": "model name"})
-    epochs: int = field(default=15, metadata={"help": "epochs per run"})
+    epochs: int = field(default=8, metadata={"help": "epochs per run"})
     min_entropy: float = field(default=0.6, metadata={"help": "ERA entropy floor H0"})
     seed: int = field(default=0, metadata={"help": "seed of every run"})
+    threads: int = field(
+        default=1,
+        metadata={
+            "help": "torch CPU threads; these tiny models need no more, and two threads on a "
+            "busy 2-core machine took 4 s per step against 0.07 s for one"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs={self.epochs} must be >= 1")
+        if self.threads < 1:
+            raise ValueError(f"threads={self.threads} must be >= 1")
 
 
 def run_demo(cfg: DemoConfig) -> list[dict[str, Any]]:
     """Train ce, label-smoothing (0.1) and era with one recipe; write a table and plots.
 
-    Writes ``results.md``, ``results.json``, ``curves.png`` and ``reliability.png`` into
-    ``cfg.out`` next to the three run folders.
+    Writes ``results.md``, ``results.json``, ``summary.md`` (the table, one sentence computed
+    from it and links to the plots), ``curves.png`` and ``reliability.png`` into ``cfg.out``
+    next to the three run folders.
 
     Args:
         cfg: Demo settings.
@@ -42,26 +54,31 @@ def run_demo(cfg: DemoConfig) -> list[dict[str, Any]]:
         One row per regulariser with its final test metrics.
     """
     out = Path(cfg.out)
-    rows, runs = [], []
-    for regularizer in ("ce", "label-smoothing", "era"):
-        run = TrainConfig(
-            model=cfg.model,
-            data=cfg.data,
-            out=str(out / regularizer),
-            resume=False,
-            regularizer=regularizer,
-            min_entropy=cfg.min_entropy,
-            epochs=cfg.epochs,
-            batch_size=64,
-            lr=0.05,
-            augment="none",
-            device="cpu",
-            seed=cfg.seed,
-            log_every=10,
-        )
-        result = train(run)
-        rows.append({"regularizer": regularizer, **result["metrics"]})
-        runs.append(Path(run.out))  # type: ignore[arg-type]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        rows, runs = [], []
+        for regularizer in ("ce", "label-smoothing", "era"):
+            run = TrainConfig(
+                model=cfg.model,
+                data=cfg.data,
+                out=str(out / regularizer),
+                resume=False,
+                regularizer=regularizer,
+                min_entropy=cfg.min_entropy,
+                epochs=cfg.epochs,
+                batch_size=64,
+                lr=0.05,
+                augment="none",
+                device="cpu",
+                seed=cfg.seed,
+                log_every=10,
+            )
+            result = train(run)
+            rows.append({"regularizer": regularizer, **result["metrics"]})
+            runs.append(Path(run.out))  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(threads)
     table = markdown_table(rows, COLUMNS)
     (out / "results.md").write_text(
         f"era-vision demo: {cfg.model} on {cfg.data}, {cfg.epochs} epochs, seed {cfg.seed}, "
@@ -69,5 +86,29 @@ def run_demo(cfg: DemoConfig) -> list[dict[str, Any]]:
     )
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     plot_runs(runs, out)
+    (out / "summary.md").write_text(
+        f"## era-vision\n\n{cfg.model} on {cfg.data}, {cfg.epochs} epochs, one seed ({cfg.seed})."
+        f"\n\n{table}\n\n{_finding(rows, cfg)}\n\n"
+        "Plots: [learning curves](curves.png), [reliability](reliability.png).\n"
+    )
     print(table)
     return rows
+
+
+def _row(rows: list[dict[str, Any]], regularizer: str) -> dict[str, Any]:
+    """The regulariser's row as trained (its own head, before any temperature scaling)."""
+    own = [r for r in rows if r["regularizer"] == regularizer and not r.get("calibrated")]
+    return next((r for r in own if r.get("head") == "era"), own[0])
+
+
+def _finding(rows: list[dict[str, Any]], cfg: DemoConfig) -> str:
+    """One sentence on ERA against cross-entropy, written from the measured numbers."""
+    ce, era = _row(rows, "ce"), _row(rows, "era")
+    gap = era["top1"] - ce["top1"]
+    held = "stays above" if era["entropy_min"] >= cfg.min_entropy else "falls below"
+    return (
+        f"ERA's top-1 is {era['top1']:.3f} against {ce['top1']:.3f} for cross-entropy "
+        f"({gap:+.3f}, one seed), its ECE "
+        f"{era['ece']:.3f} against {ce['ece']:.3f}, and its lowest test entropy, "
+        f"{era['entropy_min']:.2f} nats, {held} the floor H0 = {cfg.min_entropy}."
+    )

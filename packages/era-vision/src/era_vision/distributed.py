@@ -39,14 +39,16 @@ def setup(device: str) -> Dist:
         raise ValueError("device='cuda' but CUDA is not available")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    torch_device = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
     if device == "cuda":
-        torch.cuda.set_device(local_rank)
-        return Dist(
-            dist.get_rank() if world_size > 1 else 0, world_size, torch.device("cuda", local_rank)
-        )
-    return Dist(dist.get_rank() if world_size > 1 else 0, world_size, torch.device("cpu"))
+        # Before the process group: NCCL and the object collectives use the current device.
+        torch.cuda.set_device(torch_device)
+    if world_size > 1 and not dist.is_initialized():
+        if device == "cuda":
+            dist.init_process_group("nccl", device_id=torch_device)
+        else:
+            dist.init_process_group("gloo")
+    return Dist(dist.get_rank() if world_size > 1 else 0, world_size, torch_device)
 
 
 def average_bn_stats(model: nn.Module) -> None:

@@ -1,12 +1,13 @@
 """The ERA head: any classifier's logits go through ``era_core.nn.SoftmaxERA``."""
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from era_core.nn import SoftmaxERA
-from era_vision.models import find_classifier, num_classes_of
+from era_vision.models import find_classifier, num_classes_of, reset_classifier
 
 __all__ = ["ERAClassifier", "with_era"]
 
@@ -48,13 +49,25 @@ class ERAClassifier(nn.Module):
         """ERA logits ``(batch, num_classes)``; computed in float32 even under autocast."""
         return self.era(self.model(x).float())
 
+    def _timm_method(self, name: str) -> Callable:
+        method = getattr(self.model, name, None)
+        if method is None:
+            raise AttributeError(
+                f"{type(self.model).__name__} has no {name}() (a timm API that torchvision "
+                "models lack); call the ERAClassifier on images instead"
+            )
+        return method
+
     def forward_features(self, x: Tensor) -> Tensor:
-        """The wrapped model's ``forward_features`` (timm API)."""
-        return self.model.forward_features(x)
+        """The wrapped model's ``forward_features`` (timm and registered models only)."""
+        return self._timm_method("forward_features")(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """The wrapped model's ``forward_head``, with ERA applied unless ``pre_logits``."""
-        x = self.model.forward_head(x, pre_logits=pre_logits)
+        """The wrapped model's ``forward_head``, with ERA applied unless ``pre_logits``.
+
+        timm and registered models only: torchvision models have no such method.
+        """
+        x = self._timm_method("forward_head")(x, pre_logits=pre_logits)
         return x if pre_logits else self.era(x.float())
 
     def get_classifier(self) -> nn.Module:
@@ -62,8 +75,12 @@ class ERAClassifier(nn.Module):
         return find_classifier(self.model)[1]
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Give the wrapped model a fresh classifier (timm API) and recheck H0 against it."""
-        self.model.reset_classifier(num_classes)
+        """Give the wrapped model a fresh classifier and recheck H0 against it.
+
+        timm models reset their own; for torchvision models the last linear layer of the
+        classifier is replaced.
+        """
+        reset_classifier(self.model, num_classes)
         self.num_classes = num_classes
         self._check_feasible()
 

@@ -4,13 +4,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from era_vision.config import load_config
+from era_core.cli import UsageError
+from era_vision.config import load_config, user_input
 from era_vision.data import AugmentedDataset, build_transform, load_data, parse_data
 from era_vision.distributed import setup
 from era_vision.metrics import evaluate
 from era_vision.plots import write_report
+from era_vision.runlog import load_checkpoint
 from era_vision.train import TrainConfig, build_model
 
 __all__ = ["EvalConfig", "run_eval"]
@@ -61,13 +61,16 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """
     run = Path(cfg.run)
     train_cfg = load_config(TrainConfig, run / "config.yaml")
-    ctx = setup(cfg.device)
-    data = load_data(cfg.data or train_cfg.data)
-    model = build_model(train_cfg, data)
-    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    with user_input(f"--device {cfg.device}"):
+        ctx = setup(cfg.device)
+    with user_input(f"--data {cfg.data or train_cfg.data}"):
+        data = load_data(cfg.data or train_cfg.data)
+    with user_input(f"{run}/config.yaml"):
+        model = build_model(train_cfg, data)
+    state = load_checkpoint(run / "checkpoint.pt")
     if cfg.ema:
         if state["ema"] is None:
-            raise ValueError(f"{run} was trained without EMA (ema_decay=0)")
+            raise UsageError(f"{run} was trained without EMA (ema_decay=0) (--ema)")
         # AveragedModel keeps the model as `module` next to an `n_averaged` counter.
         weights = {
             k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"

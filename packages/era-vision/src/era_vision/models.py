@@ -20,6 +20,7 @@ __all__ = [
     "get_model",
     "list_models",
     "register_model",
+    "reset_classifier",
 ]
 
 ModelBuilder = Callable[..., nn.Module]
@@ -137,6 +138,24 @@ def num_classes_of(classifier: nn.Module) -> int:
         if isinstance(module, nn.Conv2d):
             return module.out_channels
     raise ValueError(f"classifier {type(classifier).__name__} has no Linear or Conv2d layer")
+
+
+def reset_classifier(model: nn.Module, num_classes: int) -> None:
+    """Give ``model`` a fresh classifier with ``num_classes`` outputs, in place.
+
+    Uses the model's own ``reset_classifier`` (timm, registered models); otherwise replaces the
+    last ``nn.Linear`` of the classifier that ``find_classifier`` locates (torchvision).
+    """
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier(num_classes)
+        return
+    path, classifier = find_classifier(model)
+    linears = [(name, m) for name, m in classifier.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"classifier {type(classifier).__name__} has no Linear layer to reset")
+    name, last = linears[-1]
+    fresh = nn.Linear(last.in_features, num_classes, bias=last.bias is not None)
+    model.set_submodule(".".join(filter(None, (path, name))), fresh.to(last.weight.device))
 
 
 def add_dropout(model: nn.Module, drop_rate: float) -> nn.Module:

@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["MetricLogger", "atomic_save"]
+from era_core.cli import UsageError
+
+__all__ = ["MetricLogger", "atomic_save", "load_checkpoint"]
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -19,6 +21,26 @@ def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by ``atomic_save`` (tensors and plain containers only).
+
+    Raises:
+        UsageError: If the file is missing, truncated or not a checkpoint of ours. Unpickling
+            arbitrary objects (``weights_only=False``) is never the answer to a file we did not
+            write.
+    """
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise UsageError(
+            f"{path} is not a readable era-vision checkpoint ({type(error).__name__}); "
+            "move it away, or start over with --no-resume"
+        ) from error
+    if not isinstance(state, dict) or not {"model", "step", "config"} <= state.keys():
+        raise UsageError(f"{path} is not an era-vision checkpoint (no model/step/config)")
+    return state
 
 
 class MetricLogger:

@@ -1,16 +1,20 @@
-"""The training recipe: one config dataclass and one loop, read top to bottom.
+"""The training recipe, laid out as torchvision's reference: setup, one epoch, evaluation.
 
 SGD (momentum) or AdamW, cosine schedule with linear warm-up, no weight decay on norms and
-biases, bf16 autocast on CUDA, optional channels_last / torch.compile / gradient accumulation /
-EMA, torchrun DDP, CSV + TensorBoard logs, atomic checkpoints every N steps, at each epoch end
-and on SIGINT/SIGTERM; a resumed run continues bit-exactly (on CPU).
+biases, bf16 or fp16 (with a GradScaler) autocast on CUDA, optional mixup/cutmix, gradient-norm
+clipping, channels_last, torch.compile, gradient accumulation and EMA (with warm-up), torchrun
+DDP, CSV + TensorBoard logs, atomic checkpoints every N steps, at each epoch end and on
+SIGINT/SIGTERM. A checkpoint holds everything the loop carries from one step to the next (weights,
+optimiser, EMA, scaler, every rank's RNG, the unlogged part of the train.csv window, the step of
+the last eval row), so a resumed run continues bit-exactly (on CPU) and writes the same rows.
 """
 
 import math
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -21,29 +25,48 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
+from torchvision.transforms import v2
 from tqdm import tqdm
 
+from era_core.cli import UsageError
 from era_core.entropy import categorical_entropy
 from era_core.validation import check_positive, check_range
-from era_vision.config import save_config
+from era_vision.config import save_config, user_input
 from era_vision.data import (
     Augment,
     AugmentedDataset,
+    ErasingMode,
     ImageData,
     ResumableSampler,
     build_transform,
+    dataset_labels,
     load_data,
     parse_data,
+    stratified_split,
 )
 from era_vision.distributed import Dist, average_bn_stats, setup
 from era_vision.era import with_era
 from era_vision.losses import LOSSES, Regularizer
-from era_vision.metrics import evaluate
+from era_vision.metrics import ClassificationMetrics, evaluate
 from era_vision.models import get_model
 from era_vision.plots import write_report
-from era_vision.runlog import MetricLogger, atomic_save
+from era_vision.runlog import MetricLogger, atomic_save, load_checkpoint
 
-__all__ = ["TrainConfig", "build_model", "lr_at", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainData",
+    "Trainee",
+    "build_model",
+    "lr_at",
+    "setup_data",
+    "setup_model",
+    "train",
+    "train_one_epoch",
+]
+
+# Under DDP every rank must stop at the same step, which takes a collective; it runs every this
+# many steps (and at each epoch end), not every step.
+SIGNAL_CHECK_EVERY = 16
 
 
 @dataclass
@@ -105,19 +128,53 @@ class TrainConfig:
     )
     lr: float = field(default=0.1, metadata={"help": "peak learning rate"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
-    weight_decay: float = field(
-        default=5e-4, metadata={"help": "weight decay (not applied to norms and biases)"}
+    weight_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "weight decay, not applied to norms and biases (default 1e-4 for imagenet "
+            "as in torchvision's ResNet recipe, else 5e-4 as for CIFAR)"
+        },
     )
     warmup_epochs: float = field(default=1.0, metadata={"help": "linear LR warm-up, in epochs"})
     augment: Augment = field(
         default="basic",
-        metadata={"help": "none | basic (crop+flip) | randaugment (+RandAugment, erasing)"},
+        metadata={
+            "help": "none | basic (crop, plus horizontal flip except on digits) | randaugment "
+            "(+RandAugment(2, 9), random erasing p=0.25)"
+        },
+    )
+    erasing: ErasingMode = field(
+        default="const",
+        metadata={
+            "help": "random erasing fill of randaugment: const (zeros after normalisation) or "
+            "pixel (per-pixel normal noise, the ERA authors' timm setting)"
+        },
+    )
+    mixup_alpha: float = field(
+        default=0.0, metadata={"help": "mixup Beta(alpha, alpha) on each batch (0: off)"}
+    )
+    cutmix_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "cutmix Beta(alpha, alpha) (0: off); with mixup, one of the two per batch"
+        },
+    )
+    clip_grad_norm: float = field(
+        default=0.0, metadata={"help": "clip the gradients' global L2 norm to this (0: off)"}
     )
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     ema_decay: float = field(
         default=0.0, metadata={"help": "EMA of weights, evaluated as eval_ema/* (0: off)"}
     )
-    amp: bool = field(default=True, metadata={"help": "bf16 autocast (CUDA only)"})
+    ema_warmup: bool = field(
+        default=False,
+        metadata={"help": "EMA decay min(ema_decay, (1 + n) / (10 + n)) at its n-th update (timm)"},
+    )
+    amp: bool = field(default=True, metadata={"help": "autocast on CUDA (see --amp-dtype)"})
+    amp_dtype: Literal["bfloat16", "float16"] = field(
+        default="bfloat16",
+        metadata={"help": "autocast dtype; float16 scales the loss with a GradScaler"},
+    )
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "device"})
@@ -134,12 +191,18 @@ class TrainConfig:
         default=None, metadata={"help": "stop after this many optimizer steps (schedule unchanged)"}
     )
     train_subset: int | None = field(
-        default=None, metadata={"help": "train on the first N training images only"}
+        default=None,
+        metadata={
+            "help": "train on N training images drawn at random (seeded), stratified by class"
+        },
     )
     log_every: int = field(default=50, metadata={"help": "log train/* every N steps"})
     eval_every: int = field(default=1, metadata={"help": "evaluate every N epochs"})
     checkpoint_every: int = field(
         default=1000, metadata={"help": "also checkpoint every N steps (0: epoch ends only)"}
+    )
+    test_only: bool = field(
+        default=False, metadata={"help": "only evaluate <out>/checkpoint.pt on the test split"}
     )
 
     def __post_init__(self) -> None:
@@ -148,6 +211,11 @@ class TrainConfig:
             self.label_smoothing = 0.1 if self.regularizer == "label-smoothing" else 0.0
         if self.dropout is None:
             self.dropout = 0.1 if self.regularizer == "dropout" else 0.0
+        if self.weight_decay is None:
+            self.weight_decay = 1e-4 if parse_data(self.data)[0] == "imagenet" else 5e-4
+        check_range("min_entropy", self.min_entropy, low=0.0)
+        for name in ("mixup_alpha", "cutmix_alpha", "clip_grad_norm"):
+            check_range(name, getattr(self, name), low=0.0)
         check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_inclusive=False)
         check_range("dropout", self.dropout, 0.0, 1.0, high_inclusive=False)
         check_range("confidence_penalty", self.confidence_penalty, low=0.0)
@@ -203,6 +271,72 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+@dataclass
+class TrainData:
+    """What a run trains and tests on, and the step counts that follow from it."""
+
+    data: ImageData
+    train_set: AugmentedDataset
+    test_set: AugmentedDataset
+    sampler: ResumableSampler
+    loader: DataLoader
+    micro_batch: int
+    steps_per_epoch: int
+
+
+def setup_data(cfg: TrainConfig, ctx: Dist) -> TrainData:
+    """Load the dataset, draw the training subset, and build the resumable training loader."""
+    with user_input(f"--data {cfg.data}"):
+        data = load_data(cfg.data, cfg.download)
+    base = data.train
+    if cfg.train_subset is not None:
+        with user_input("--train-subset"):
+            check_range("train_subset", cfg.train_subset, 1, len(base), why=f"{cfg.data} train")
+        # ImageFolder lists its images class by class: a prefix would drop whole classes.
+        base = Subset(base, stratified_split(dataset_labels(base), cfg.train_subset, cfg.seed)[1])
+    train_set = AugmentedDataset(
+        base, build_transform(cfg.augment, data, train=True, erasing=cfg.erasing), cfg.seed
+    )
+    test_set = AugmentedDataset(data.test, build_transform("none", data, train=False), cfg.seed)
+    micro_batch, rest = divmod(cfg.batch_size, ctx.world_size * cfg.grad_accum)
+    if rest or micro_batch == 0:
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} must be a multiple of world size {ctx.world_size} "
+            f"x --grad-accum {cfg.grad_accum}"
+        )
+    sampler = ResumableSampler(train_set, ctx.world_size, ctx.rank, cfg.seed)
+    loader = DataLoader(
+        train_set,
+        micro_batch,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.workers,
+        pin_memory=ctx.device.type == "cuda",
+        # Reseeded each epoch (see train_one_epoch): workers' seeds then depend on the epoch
+        # only, and creating an iterator never draws from the global RNG (dropout's).
+        generator=torch.Generator(),
+    )
+    steps_per_epoch = len(loader) // cfg.grad_accum
+    if steps_per_epoch == 0:
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} exceeds the {len(train_set)} training images"
+        )
+    return TrainData(data, train_set, test_set, sampler, loader, micro_batch, steps_per_epoch)
+
+
+@dataclass
+class Trainee:
+    """The model and everything that updates it."""
+
+    net: nn.Module  # the bare model: checkpoints and evaluation use it
+    model: nn.Module  # what a training step calls: ``net``, DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    ema: AveragedModel | None
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype
+    memory_format: torch.memory_format
+
+
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     # Norm weights and biases (1-d parameters) are not decayed, as in timm and torchvision.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -215,30 +349,165 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-class _Interrupt:
-    """Turns SIGINT/SIGTERM into a flag so that the loop can checkpoint before it exits."""
+def ema_update(decay: float, warmup: bool) -> Callable[[list, list, Tensor], None]:
+    """``AveragedModel`` multi-average function: EMA, with timm's decay warm-up if asked.
 
-    def __init__(self) -> None:
-        self.signum = 0
+    With warm-up the decay at the n-th update is ``min(decay, (1 + n) / (10 + n))``, so early
+    averages are not dominated by the random initial weights; it is computed on the counter's
+    device, without a host sync.
+    """
+    if not warmup:
+        return get_ema_multi_avg_fn(decay)
 
-    def __enter__(self) -> "_Interrupt":
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        if not averaged[0].is_floating_point():  # counters such as num_batches_tracked
+            torch._foreach_copy_(averaged, current)
+            return
+        n = num_averaged.to(averaged[0].dtype)
+        keep = torch.clamp((1 + n) / (10 + n), max=decay)
+        torch._foreach_mul_(averaged, keep)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1 - keep))
 
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
+    return update
 
-    def _handle(self, signum: int, frame: object) -> None:
-        self.signum = signum
 
-    def requested(self, ctx: Dist) -> bool:
-        """Whether any rank was signalled (all ranks must stop at the same step)."""
-        flag = torch.tensor(self.signum)
-        if ctx.world_size > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            self.signum = int(flag)
-        return self.signum > 0
+def setup_model(cfg: TrainConfig, data: ImageData, ctx: Dist) -> Trainee:
+    """Build the model (same initial weights on every rank), optimizer, EMA and loss scaler."""
+    torch.manual_seed(cfg.seed)
+    with user_input(f"--model {cfg.model} --regularizer {cfg.regularizer}"):
+        net = build_model(cfg, data)
+    if cfg.dist_bn == "sync":
+        if ctx.device.type != "cuda":
+            raise UsageError("--dist-bn sync (SyncBatchNorm) needs CUDA; use reduce or broadcast")
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    net = net.to(ctx.device, memory_format=memory_format)
+    ema = None
+    if cfg.ema_decay > 0:
+        update = ema_update(cfg.ema_decay, cfg.ema_warmup)
+        ema = AveragedModel(net, multi_avg_fn=update, use_buffers=True)
+    model: nn.Module = net
+    if ctx.world_size > 1:
+        model = DistributedDataParallel(
+            net,
+            device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+            broadcast_buffers=cfg.dist_bn == "broadcast",
+        )
+    if cfg.compile:
+        model = torch.compile(model)
+    amp = cfg.amp and ctx.device.type == "cuda"
+    fp16 = amp and cfg.amp_dtype == "float16"
+    return Trainee(
+        net=net,
+        model=model,
+        optimizer=_optimizer(cfg, net),
+        ema=ema,
+        scaler=torch.amp.GradScaler(ctx.device.type, enabled=fp16),
+        autocast_dtype=getattr(torch, cfg.amp_dtype) if amp else torch.float32,
+        memory_format=memory_format,
+    )
+
+
+def batch_mix(cfg: TrainConfig, num_classes: int) -> Callable[[Tensor, Tensor], tuple] | None:
+    """Mixup and/or cutmix on a batch (torchvision ``transforms.v2``); None when both are off.
+
+    With both on, each batch gets one of the two with equal odds, as in torchvision's reference.
+    Labels become class probabilities, which every regulariser's cross-entropy accepts.
+    """
+    mixes = [
+        mix(alpha=alpha, num_classes=num_classes)
+        for mix, alpha in ((v2.MixUp, cfg.mixup_alpha), (v2.CutMix, cfg.cutmix_alpha))
+        if alpha > 0
+    ]
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
+@dataclass
+class Position:
+    """Where the loop is, beyond the weights: saved in every checkpoint."""
+
+    step: int
+    # steps, loss and entropy summed since the last train.csv row (this rank's share)
+    log_sums: Tensor
+    eval_step: int | None = None  # step of the last eval.csv row
+
+
+# Fields that may differ when a run is resumed: where and how fast it runs, not what it learns.
+RUNTIME_FIELDS = {
+    "out",
+    "resume",
+    "download",
+    "device",
+    "workers",
+    "compile",
+    "channels_last",
+    "max_steps",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "test_only",
+}
+
+
+def _check_same_recipe(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    defaults = TrainConfig()
+    changed = [
+        f"{f.name}={saved.get(f.name, getattr(defaults, f.name))!r} -> {getattr(cfg, f.name)!r}"
+        for f in fields(cfg)
+        if f.name not in RUNTIME_FIELDS
+        and saved.get(f.name, getattr(defaults, f.name)) != getattr(cfg, f.name)
+    ]
+    if changed:
+        raise UsageError(
+            f"{path} was trained with another recipe ({', '.join(changed)}); use another --out, "
+            "or --no-resume to start it over"
+        )
+
+
+def save_checkpoint(path: Path, cfg: TrainConfig, trainee: Trainee, pos: Position, ctx: Dist):
+    """Write the checkpoint (rank 0) after gathering what each rank holds (all ranks call this)."""
+    log_sums = pos.log_sums.clone()
+    if ctx.world_size > 1:
+        dist.all_reduce(log_sums)
+    state = {
+        "model": trainee.net.state_dict(),
+        "optimizer": trainee.optimizer.state_dict(),
+        "ema": trainee.ema.state_dict() if trainee.ema is not None else None,
+        "scaler": trainee.scaler.state_dict(),
+        "step": pos.step,
+        "log_sums": log_sums.cpu(),
+        "eval_step": pos.eval_step,
+        "rng": _rng_state(ctx),
+        "config": asdict(cfg),
+    }
+    if ctx.main:
+        atomic_save(state, path)
+
+
+def resume_checkpoint(path: Path, cfg: TrainConfig, trainee: Trainee, ctx: Dist) -> Position:
+    """Load ``path`` into ``trainee`` and the RNGs; return where the saved run stopped."""
+    state = load_checkpoint(path, ctx.device)
+    _check_same_recipe(state["config"], cfg, path)
+    trainee.net.load_state_dict(state["model"])
+    trainee.optimizer.load_state_dict(state["optimizer"])
+    if trainee.ema is not None:
+        trainee.ema.load_state_dict(state["ema"])
+    if "scaler" in state:
+        trainee.scaler.load_state_dict(state["scaler"])
+    step = state["step"]
+    if len(state["rng"]) == ctx.world_size:
+        torch.set_rng_state(state["rng"][ctx.rank]["cpu"].cpu())
+        if state["rng"][ctx.rank]["cuda"] is not None and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"][ctx.rank]["cuda"].cpu(), ctx.device)
+    else:  # another world size: continue with fresh, still deterministic, streams
+        torch.manual_seed(cfg.seed + 1 + ctx.rank + 1_000_003 * step)
+    log_sums = torch.zeros(3, device=ctx.device)
+    if ctx.main and "log_sums" in state:  # the ranks' sums were added up: rank 0 holds them
+        log_sums += state["log_sums"].to(ctx.device)
+    return Position(step, log_sums, state.get("eval_step"))
 
 
 def _rng_state(ctx: Dist) -> list[dict[str, Tensor | None]]:
@@ -254,6 +523,196 @@ def _rng_state(ctx: Dist) -> list[dict[str, Tensor | None]]:
     return states
 
 
+class _Interrupt:
+    """Turns SIGINT/SIGTERM into a flag; all ranks agree to ``stop`` at the same step.
+
+    The handler only records the signal, so whatever the loop was doing when it arrived
+    completes; the loop reads ``stop`` after a whole step, when its state is a checkpoint's.
+    """
+
+    def __init__(self, ctx: Dist):
+        self.ctx, self.signum, self.stop = ctx, 0, False
+
+    def __enter__(self) -> "_Interrupt":
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def check(self, step: int, every: int = SIGNAL_CHECK_EVERY) -> bool:
+        """Whether to stop after ``step``; under DDP decided jointly every ``every`` steps."""
+        if self.ctx.world_size == 1:
+            self.stop = self.signum > 0
+        elif step % every == 0:
+            # On the process group's device: NCCL serves CUDA tensors only.
+            flag = torch.tensor(self.signum, device=self.ctx.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.signum = int(flag)
+            self.stop = self.signum > 0
+        return self.stop
+
+
+def train_one_epoch(
+    cfg: TrainConfig,
+    trainee: Trainee,
+    data: TrainData,
+    pos: Position,
+    end: int,
+    ctx: Dist,
+    interrupt: _Interrupt,
+    logger: MetricLogger | None,
+    progress: tqdm,
+) -> None:
+    """Train from ``pos.step`` to the end of its epoch, ``end`` or a signal; advances ``pos``."""
+    spe = data.steps_per_epoch
+    total_steps, warmup_steps = cfg.epochs * spe, round(cfg.warmup_epochs * spe)
+    epoch, done = divmod(pos.step, spe)
+    data.sampler.set_epoch(epoch)
+    data.train_set.set_epoch(epoch)
+    data.sampler.start = done * data.micro_batch * cfg.grad_accum
+    data.loader.generator.manual_seed(cfg.seed * 1_000_003 + epoch)  # type: ignore[union-attr]
+    batches = _batches(data.loader)
+    loss_fn, mix = cfg.loss_fn(), batch_mix(cfg, data.data.num_classes)
+    trainee.net.train()
+    window = (pos.step, time.perf_counter())  # for images/s
+    while done < spe and pos.step < end:
+        lr = lr_at(pos.step, total_steps, warmup_steps, cfg.lr)
+        _train_step(cfg, trainee, batches, lr, loss_fn, mix, pos.log_sums, ctx)
+        pos.step, done = pos.step + 1, done + 1
+        progress.update()
+        if pos.step % cfg.log_every == 0:
+            speed = cfg.batch_size * (pos.step - window[0]) / (time.perf_counter() - window[1])
+            _log_train(cfg, pos, lr, spe, speed, ctx, logger, progress)
+            window = (pos.step, time.perf_counter())
+        if interrupt.check(pos.step):
+            return
+        if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+            save_checkpoint(checkpoint_path(cfg), cfg, trainee, pos, ctx)
+
+
+def _batches(loader: DataLoader) -> Iterator:
+    """The loader's batches; a ``UsageError`` raised in a worker keeps its one-line message."""
+    try:
+        yield from loader
+    except UsageError as error:
+        # DataLoader re-raises a worker's exception with the worker's traceback in the message.
+        *_, last = str(error).rstrip().splitlines()
+        raise UsageError(last.removeprefix(f"{UsageError.__module__}.UsageError: ")) from error
+
+
+def _train_step(
+    cfg: TrainConfig,
+    trainee: Trainee,
+    batches: Iterator,
+    lr: float,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    mix: Callable | None,
+    log_sums: Tensor,
+    ctx: Dist,
+) -> None:
+    """One optimizer step over ``grad_accum`` micro-batches; adds to ``log_sums``."""
+    optimizer, scaler = trainee.optimizer, trainee.scaler
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    for micro in range(cfg.grad_accum):
+        images, labels = next(batches)
+        images = images.to(ctx.device, non_blocking=True, memory_format=trainee.memory_format)
+        labels = labels.to(ctx.device, non_blocking=True)
+        if mix is not None:
+            images, labels = mix(images, labels)
+        last = micro == cfg.grad_accum - 1
+        # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+        sync = trainee.model.no_sync() if ctx.world_size > 1 and not last else nullcontext()
+        with sync:
+            dtype = trainee.autocast_dtype
+            with torch.autocast(ctx.device.type, dtype, enabled=dtype != torch.float32):
+                logits = trainee.model(images)
+                loss = loss_fn(logits, labels)
+            scaler.scale(loss / cfg.grad_accum).backward()
+        with torch.no_grad():
+            entropy = categorical_entropy(logits.detach().float()).mean()
+            log_sums += torch.stack([loss.new_tensor(1.0), loss.detach(), entropy]) / cfg.grad_accum
+    if cfg.clip_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(trainee.net.parameters(), cfg.clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if trainee.ema is not None:
+        trainee.ema.update_parameters(trainee.net)
+
+
+def _log_train(
+    cfg: TrainConfig,
+    pos: Position,
+    lr: float,
+    steps_per_epoch: int,
+    images_per_s: float,
+    ctx: Dist,
+    logger: MetricLogger | None,
+    progress: tqdm,
+) -> None:
+    sums = pos.log_sums
+    if ctx.world_size > 1:
+        dist.all_reduce(sums)
+    count, loss_sum, entropy_sum = sums.tolist()
+    row = {
+        "train/loss": loss_sum / count,
+        "train/entropy": entropy_sum / count,
+        "train/lr": lr,
+        "train/epoch": pos.step / steps_per_epoch,
+    }
+    if logger is not None:
+        logger.log(pos.step, row)
+        # Its own file: train.csv holds only what a resumed run reproduces exactly.
+        logger.log(pos.step, {"speed/images_per_s": images_per_s})
+    progress.set_postfix(loss=f"{row['train/loss']:.4f}", img_s=f"{images_per_s:.0f}")
+    sums.zero_()
+
+
+def evaluate_models(
+    cfg: TrainConfig, trainee: Trainee, data: TrainData, ctx: Dist
+) -> dict[str, ClassificationMetrics]:
+    """Test metrics of the model (``eval``) and of its EMA (``eval_ema``), merged over ranks.
+
+    The training RNG streams are left as they were (a DataLoader draws its base seed from the
+    global generator), so whether and how often a run evaluates never changes what it learns.
+    """
+    models = {"eval": trainee.net}
+    if trainee.ema is not None:
+        models["eval_ema"] = trainee.ema.module
+    args = (data.test_set, ctx, cfg.batch_size, cfg.workers, trainee.memory_format, cfg.amp)
+    with torch.random.fork_rng([ctx.device] if ctx.device.type == "cuda" else []):
+        return {group: evaluate(model, *args) for group, model in models.items()}
+
+
+def _log_eval(
+    results: dict[str, ClassificationMetrics], step: int, epoch: float, logger: MetricLogger | None
+) -> None:
+    if logger is not None:
+        for group, metrics in results.items():
+            values = {f"{group}/{k}": v for k, v in metrics.compute().items()}
+            logger.log(step, values | {f"{group}/epoch": epoch})
+
+
+def checkpoint_path(cfg: TrainConfig) -> Path:
+    """``<out>/checkpoint.pt``."""
+    return Path(cfg.out) / "checkpoint.pt"  # type: ignore[arg-type]
+
+
+def _prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    except OSError as error:
+        raise UsageError(f"cannot write the run folder: {error} (--out {run_dir})") from error
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) a run and evaluate it on the test split.
 
@@ -261,200 +720,70 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg: The run's configuration.
 
     Returns:
-        ``status`` ("finished", "paused" at ``max_steps``, or "interrupted" by a signal),
-        ``signal``, ``step``, and the final test ``metrics`` (None unless finished or paused).
+        ``status`` ("finished", "paused" at ``max_steps``, "interrupted" by a signal, or
+        "tested" with ``test_only``), ``signal``, ``step``, and the final test ``metrics`` (None
+        when interrupted).
+
+    Raises:
+        UsageError: For input the user can fix (data, model, device, run folder, checkpoint).
     """
-    ctx = setup(cfg.device)
-    run_dir = Path(cfg.out)  # type: ignore[arg-type]
-    data = load_data(cfg.data, cfg.download)
-    base = data.train
-    if cfg.train_subset is not None:
-        check_range("train_subset", cfg.train_subset, 1, len(base), why=f"{cfg.data} train split")
-        base = Subset(base, range(cfg.train_subset))
-    train_set = AugmentedDataset(base, build_transform(cfg.augment, data, train=True), cfg.seed)
-    test_set = AugmentedDataset(data.test, build_transform("none", data, train=False), cfg.seed)
-
-    micro_batch, rest = divmod(cfg.batch_size, ctx.world_size * cfg.grad_accum)
-    if rest or micro_batch == 0:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} must be a multiple of world size {ctx.world_size} "
-            f"x grad_accum {cfg.grad_accum}"
-        )
-    sampler = ResumableSampler(train_set, ctx.world_size, ctx.rank, cfg.seed)
-    # Its own generator: creating an iterator must not consume the global RNG (dropout's).
-    loader = DataLoader(
-        train_set,
-        micro_batch,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=cfg.workers,
-        pin_memory=ctx.device.type == "cuda",
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    steps_per_epoch = len(loader) // cfg.grad_accum
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} exceeds the {len(train_set)} training images"
-        )
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    end = total_steps if cfg.max_steps is None else min(cfg.max_steps, total_steps)
-
-    # Same initial weights on every rank; then per-rank streams for dropout.
-    torch.manual_seed(cfg.seed)
-    net = build_model(cfg, data)
-    if cfg.dist_bn == "sync":
-        if ctx.device.type != "cuda":
-            raise ValueError("dist_bn='sync' (SyncBatchNorm) needs CUDA; use reduce or broadcast")
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    net = net.to(ctx.device, memory_format=memory_format)
-    optimizer = _optimizer(cfg, net)
-    ema = None
-    if cfg.ema_decay > 0:
-        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    torch.manual_seed(cfg.seed + 1 + ctx.rank)
-
-    step, checkpoint_path = 0, run_dir / "checkpoint.pt"
-    resumed = cfg.resume and checkpoint_path.exists()
+    with user_input(f"--device {cfg.device}"):
+        ctx = setup(cfg.device)
+    run_dir, checkpoint = Path(cfg.out), checkpoint_path(cfg)  # type: ignore[arg-type]
+    data = setup_data(cfg, ctx)
+    trainee = setup_model(cfg, data.data, ctx)
+    torch.manual_seed(cfg.seed + 1 + ctx.rank)  # per-rank streams for dropout and mixing
+    pos = Position(0, torch.zeros(3, device=ctx.device))
+    resumed = (cfg.resume or cfg.test_only) and checkpoint.exists()
     if resumed:
-        state = torch.load(checkpoint_path, map_location=ctx.device, weights_only=True)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        step = state["step"]
-        if len(state["rng"]) == ctx.world_size:
-            torch.set_rng_state(state["rng"][ctx.rank]["cpu"].cpu())
-            if state["rng"][ctx.rank]["cuda"] is not None and ctx.device.type == "cuda":
-                torch.cuda.set_rng_state(state["rng"][ctx.rank]["cuda"].cpu(), ctx.device)
-        else:  # another world size: continue with fresh, still deterministic, streams
-            torch.manual_seed(cfg.seed + 1 + ctx.rank + 1_000_003 * step)
+        pos = resume_checkpoint(checkpoint, cfg, trainee, ctx)
+    elif cfg.test_only:
+        raise UsageError(f"--test-only needs a checkpoint, and {checkpoint} does not exist")
+    spe = data.steps_per_epoch
+    total_steps = cfg.epochs * spe
+    end = total_steps if cfg.max_steps is None else min(cfg.max_steps, total_steps)
+    result: dict[str, Any] = {"status": "finished", "signal": 0, "step": pos.step, "metrics": None}
+    if cfg.test_only:
+        metrics = evaluate_models(cfg, trainee, data, ctx)["eval"]
+        if ctx.main:
+            write_report(metrics, run_dir, "eval")
+        return result | {"status": "tested", "metrics": metrics.compute()}
 
-    model: nn.Module = net
-    if ctx.world_size > 1:
-        model = DistributedDataParallel(
-            net,
-            device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
-            broadcast_buffers=cfg.dist_bn == "broadcast",
-        )
-    ddp = model
-    if cfg.compile:
-        model = torch.compile(model)
     logger = None
     if ctx.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        logger = MetricLogger(run_dir, resume_step=step if resumed else None)
-
-    def save() -> None:
-        state = {
-            "model": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "step": step,
-            "rng": _rng_state(ctx),
-            "config": asdict(cfg),
-        }
-        if ctx.main:
-            atomic_save(state, checkpoint_path)
-
-    def run_eval(epoch: int) -> Any:
-        metrics = evaluate(net, test_set, ctx, cfg.batch_size, cfg.workers, memory_format, cfg.amp)
-        values = {f"eval/{k}": v for k, v in metrics.compute().items()} | {"eval/epoch": epoch}
-        if ema is not None:
-            ema_metrics = evaluate(
-                ema.module, test_set, ctx, cfg.batch_size, cfg.workers, memory_format, cfg.amp
-            )
-            values |= {f"eval_ema/{k}": v for k, v in ema_metrics.compute().items()}
-        if logger is not None:
-            logger.log(step, values)
-        return metrics
-
-    loss_fn = cfg.loss_fn()
-    autocast = torch.autocast(
-        ctx.device.type, torch.bfloat16, enabled=cfg.amp and ctx.device.type == "cuda"
-    )
-    progress = tqdm(total=end, initial=step, disable=not ctx.main, desc=run_dir.name)
-    sums = torch.zeros(3, device=ctx.device)  # steps, loss, entropy since the last log
-    last_eval: tuple[int, Any] | None = None
-    with _Interrupt() as interrupt:
-        while step < end and not interrupt.signum:
-            epoch, done = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch)
-            train_set.set_epoch(epoch)
-            sampler.start = done * micro_batch * cfg.grad_accum
-            batches = iter(loader)
-            net.train()
-            while done < steps_per_epoch and step < end:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, total_steps, warmup_steps, cfg.lr)
-                for micro in range(cfg.grad_accum):
-                    images, labels = next(batches)
-                    images = images.to(ctx.device, non_blocking=True, memory_format=memory_format)
-                    labels = labels.to(ctx.device, non_blocking=True)
-                    last = micro == cfg.grad_accum - 1
-                    # Gradients are all-reduced once per optimizer step, on the last micro-batch.
-                    sync = ddp.no_sync() if ctx.world_size > 1 and not last else nullcontext()
-                    with sync:
-                        with autocast:
-                            logits = model(images)
-                            loss = loss_fn(logits, labels)
-                        (loss / cfg.grad_accum).backward()
-                    with torch.no_grad():
-                        entropy = categorical_entropy(logits.detach().float()).mean()
-                        sums += (
-                            torch.stack([loss.new_tensor(1.0), loss.detach(), entropy])
-                            / cfg.grad_accum
-                        )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update_parameters(net)
-                step, done = step + 1, done + 1
-                progress.update()
-                if step % cfg.log_every == 0:
-                    if ctx.world_size > 1:
-                        dist.all_reduce(sums)
-                    count, loss_sum, entropy_sum = sums.tolist()
-                    train_log = {
-                        "train/loss": loss_sum / count,
-                        "train/entropy": entropy_sum / count,
-                        "train/lr": optimizer.param_groups[0]["lr"],
-                        "train/epoch": step / steps_per_epoch,
-                    }
-                    if logger is not None:
-                        logger.log(step, train_log)
-                    progress.set_postfix(loss=f"{train_log['train/loss']:.4f}")
-                    sums.zero_()
-                if interrupt.requested(ctx):
-                    break
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    save()
-            if done == steps_per_epoch:
+        _prepare_run_dir(run_dir, cfg)
+        logger = MetricLogger(run_dir, resume_step=pos.step if resumed else None)
+    progress = tqdm(total=end, initial=pos.step, disable=not ctx.main, desc=run_dir.name)
+    evaluation: dict[str, ClassificationMetrics] | None = None  # at pos.eval_step
+    with _Interrupt(ctx) as interrupt, progress:
+        while pos.step < end and not interrupt.stop:
+            train_one_epoch(cfg, trainee, data, pos, end, ctx, interrupt, logger, progress)
+            epoch, done = divmod(pos.step, spe)
+            if done == 0:  # an epoch ended
                 if cfg.dist_bn == "reduce" and ctx.world_size > 1:
-                    average_bn_stats(net)
-                if (epoch + 1) % cfg.eval_every == 0 or step == total_steps:
-                    last_eval = (step, run_eval(epoch + 1))
-            save()
-    progress.close()
+                    average_bn_stats(trainee.net)
+                if epoch % cfg.eval_every == 0 or pos.step == total_steps:
+                    evaluation = evaluate_models(cfg, trainee, data, ctx)
+                    _log_eval(evaluation, pos.step, epoch, logger)
+                    pos.eval_step = pos.step
+                interrupt.check(pos.step, every=1)
+            save_checkpoint(checkpoint, cfg, trainee, pos, ctx)
 
-    result: dict[str, Any] = {
-        "status": "finished",
-        "signal": interrupt.signum,
-        "step": step,
-        "metrics": None,
-    }
-    if interrupt.signum:
+    result |= {"signal": interrupt.signum, "step": pos.step}
+    if interrupt.stop:
         result["status"] = "interrupted"
     else:
-        if step < total_steps:
+        if pos.step < total_steps:
             result["status"] = "paused"
-        if last_eval is None or last_eval[0] != step:
-            last_eval = (step, run_eval(step / steps_per_epoch))
-        result["metrics"] = last_eval[1].compute()
+        if evaluation is None or pos.eval_step != pos.step:
+            evaluation = evaluate_models(cfg, trainee, data, ctx)
+        if pos.eval_step != pos.step:  # else eval.csv has this row: a rerun adds none
+            _log_eval(evaluation, pos.step, pos.step / spe, logger)
+            pos.eval_step = pos.step
+            save_checkpoint(checkpoint, cfg, trainee, pos, ctx)
+        result["metrics"] = evaluation["eval"].compute()
         if ctx.main:
-            write_report(last_eval[1], run_dir, "eval")
+            write_report(evaluation["eval"], run_dir, "eval")
     if logger is not None:
         logger.close()
     return result

@@ -1,0 +1,149 @@
+"""Bad input: one line ``error: ...`` on stderr, exit code 2, a traceback only with --debug."""
+
+import sys
+from collections import OrderedDict
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from era_core.cli import UsageError
+from era_vision.cli import main
+from era_vision.models import register_model
+
+TINY = ["--data", "digits", "--train-subset", "64", "--batch-size", "32", "--device", "cpu"]
+
+
+@register_model("test_pool_linear")
+def _pool_linear(num_classes, in_chans, image_size, drop_rate):
+    layers = {
+        "pool": nn.AdaptiveAvgPool2d(1),
+        "flat": nn.Flatten(),
+        "fc": nn.Linear(in_chans, num_classes),
+    }
+    return nn.Sequential(OrderedDict(layers))
+
+
+def _error_line(capsys, args: list[str]) -> str:
+    """Run the CLI; it must fail with code 2 and end stderr with one `error:` line."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: "), err
+    return last
+
+
+def _image_folder(root, classes, splits=("train", "val"), per_class=2):
+    for split in splits:
+        for k, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (8, 8), (100 * k, 50, i)).save(root / split / name / f"{i}.png")
+
+
+def test_missing_data(tmp_path, capsys):
+    line = _error_line(capsys, ["train", *TINY, "--data", "fashion-mnist:/nonexistent"])
+    assert "/nonexistent" in line and "--data" in line
+
+
+def test_empty_one_class_and_mismatched_image_folders(tmp_path, capsys):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "val").mkdir()
+    line = _error_line(capsys, ["train", "--data", f"imagenet:{tmp_path / 'empty'}"])
+    assert "holds no images" in line
+    _image_folder(tmp_path / "one", ["cat"])
+    assert "1 class folder" in _error_line(
+        capsys, ["train", "--data", f"imagenet:{tmp_path / 'one'}"]
+    )
+    _image_folder(tmp_path / "mix", ["cat", "dog"], splits=("train",))
+    _image_folder(tmp_path / "mix", ["cat", "emu"], splits=("val",))
+    line = _error_line(capsys, ["train", "--data", f"imagenet:{tmp_path / 'mix'}"])
+    assert "different class folders" in line and "dog" in line and "emu" in line
+
+
+def test_unknown_model_and_missing_timm(tmp_path, capsys, monkeypatch):
+    out = ["--out", str(tmp_path / "run")]
+    assert "unknown model 'resnet_nope'" in _error_line(
+        capsys, ["train", *TINY, *out, "--model", "resnet_nope"]
+    )
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError
+    assert "era-vision[timm]" in _error_line(
+        capsys, ["train", *TINY, *out, "--model", "timm:resnet18"]
+    )
+
+
+@pytest.mark.parametrize(("floor", "match"), [("2.5", "min_entropy"), ("-0.1", "min_entropy")])
+def test_infeasible_or_negative_floor(tmp_path, capsys, floor, match):
+    args = ["train", *TINY, "--out", str(tmp_path), "--regularizer", "era", "--min-entropy", floor]
+    assert match in _error_line(capsys, args)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_is_named_and_the_checkpoint_kept(tmp_path, capsys, workers):
+    _image_folder(tmp_path / "data", ["cat", "dog"], per_class=4)
+    run = tmp_path / "run"
+    args = ["train", "--data", f"imagenet:{tmp_path / 'data'}", "--model", "test_pool_linear"]
+    args += ["--batch-size", "4", "--device", "cpu", "--augment", "none", "--out", str(run)]
+    args += ["--warmup-epochs", "0", "--epochs", "2", "--workers", str(workers)]
+    assert main([*args, "--max-steps", "2"]) == 0  # one epoch of 8 images
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    bad = tmp_path / "data" / "train" / "dog" / "1.png"
+    bad.write_bytes(b"not a png")
+    line = _error_line(capsys, args)
+    assert str(bad) in line
+    kept = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert kept["step"] == saved["step"] == 2
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *TINY, "--model", "mlp", "--epochs", "1", "--out", str(run)]
+    assert main(args) == 0
+    (run / "checkpoint.pt").write_bytes(b"\x00garbage")
+    for command in (args, ["eval", str(run), "--device", "cpu"]):
+        line = _error_line(capsys, command)
+        assert "checkpoint" in line and "weights_only" not in line
+
+
+def test_another_recipe_in_an_existing_out(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *TINY, "--epochs", "1", "--out", str(run)]
+    assert main([*args, "--model", "mlp"]) == 0
+    capsys.readouterr()
+    line = _error_line(capsys, [*args, "--model", "resnet_narrow", "--regularizer", "era"])
+    assert "model='mlp' -> 'resnet_narrow'" in line and "regularizer='ce' -> 'era'" in line
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["model"] == "mlp"
+
+
+def test_out_not_writable(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    line = _error_line(
+        capsys, ["train", *TINY, "--model", "mlp", "--out", str(tmp_path / "file" / "run")]
+    )
+    assert "--out" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(tmp_path, capsys):
+    line = _error_line(capsys, ["train", *TINY, "--out", str(tmp_path), "--device", "cuda"])
+    assert "CUDA is not available" in line and "--device cuda" in line
+
+
+@pytest.mark.parametrize(
+    ("yaml", "field"), [("epochs: ten\n", "epochs"), ("lr: fast\n", "lr"), ("amp: 3\n", "amp")]
+)
+def test_yaml_value_of_the_wrong_type(tmp_path, capsys, yaml, field):
+    (tmp_path / "c.yaml").write_text(yaml)
+    line = _error_line(capsys, ["train", "--config", str(tmp_path / "c.yaml")])
+    assert f"field {field!r}" in line and "c.yaml" in line
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    args = ["train", *TINY, "--out", str(tmp_path), "--model", "resnet_nope"]
+    with pytest.raises(UsageError, match="unknown model"):
+        main([*args, "--debug"])
+    monkeypatch.setenv("ERA_DEBUG", "1")
+    with pytest.raises(UsageError, match="unknown model"):
+        main(args)
