@@ -25,6 +25,11 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoint.pt", weights_only=True)["model"]
 
 
+def _row(rows: list[dict], head: str, calibrated: bool = False) -> dict:
+    (row,) = [r for r in rows if r["head"] == head and r["calibrated"] == calibrated]
+    return row
+
+
 def _assert_same_weights(a: dict, b: dict, **tolerance) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -65,14 +70,29 @@ def test_cli_train_writes_a_complete_run(tmp_path):
     assert [int(r["step"]) for r in rows] == [4, 8, 12, 16, 20, 24]
     assert float(rows[-1]["train/loss"]) < float(rows[0]["train/loss"])
     report = json.loads((out / "eval.json").read_text())
-    # The ERA head's floor holds over the whole test set.
-    assert report["metrics"]["entropy_min"] >= 0.8
-    assert report["metrics"]["top1"] > 0.3
+    # Both heads, before and after temperature scaling fitted on 5 % of the training split.
+    heads = [(r["head"], r["calibrated"]) for r in report["rows"]]
+    assert heads == [("era", False), ("era", True), ("plain", False), ("plain", True)]
+    assert report["holdout_size"] == round(0.05 * 1437)  # digits: 1437 training images
+    # The ERA head's floor holds over the whole test set; the plain head has no floor.
+    assert _row(report["rows"], "era")["entropy_min"] >= 0.8
+    assert _row(report["rows"], "plain")["entropy_min"] < 0.8
+    assert _row(report["rows"], "era")["top1"] > 0.3
+    with open(out / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["head"], r["calibrated"]) for r in rows[-4:]] == [
+        ("24", "era", "False"),
+        ("24", "era", "True"),
+        ("24", "plain", "False"),
+        ("24", "plain", "True"),
+    ]
 
     # `eval` reproduces the final metrics from the checkpoint.
     assert main(["eval", str(out), "--device", "cpu", "--out", str(tmp_path / "again")]) == 0
-    again = json.loads((tmp_path / "again" / "eval.json").read_text())["metrics"]
-    assert again == pytest.approx(report["metrics"])
+    again = json.loads((tmp_path / "again" / "eval.json").read_text())["rows"]
+    assert len(again) == len(report["rows"])
+    for mine, theirs in zip(again, report["rows"], strict=True):
+        assert mine == pytest.approx(theirs)
 
     assert main(["plot", str(out), str(out), "--out", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "curves.png").exists()
@@ -85,7 +105,12 @@ def test_baselines_train(tmp_path, regularizer):
         TrainConfig(model="mlp", regularizer=regularizer, epochs=3, out=str(tmp_path), **TINY)
     )
     assert result["status"] == "finished" and result["step"] == 24
-    assert result["metrics"]["top1"] > 0.2
+    # No ERA head: only the plain softmax is reported, before and after scaling.
+    assert [(r["head"], r["calibrated"]) for r in result["metrics"]] == [
+        ("plain", False),
+        ("plain", True),
+    ]
+    assert _row(result["metrics"], "plain")["top1"] > 0.2
 
 
 def test_resume_is_exact(tmp_path):
@@ -178,8 +203,9 @@ def test_ddp_two_processes_match_one(tmp_path):
     _assert_same_weights(
         _weights(tmp_path / "single"), _weights(tmp_path / "ddp"), rtol=1e-4, atol=1e-5
     )
-    ddp = json.loads((tmp_path / "ddp" / "eval.json").read_text())["metrics"]
-    assert ddp == pytest.approx(single["metrics"], rel=1e-3)
+    ddp = json.loads((tmp_path / "ddp" / "eval.json").read_text())["rows"]
+    for mine, theirs in zip(ddp, single["metrics"], strict=True):
+        assert mine == pytest.approx(theirs, rel=1e-3)
 
 
 def test_lr_schedule():
@@ -244,8 +270,13 @@ def test_config_file_then_flags(tmp_path, capsys):
 def test_demo(tmp_path):
     assert main(["demo", "--epochs", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert [r["regularizer"] for r in rows] == ["ce", "label-smoothing", "era"]
-    assert rows[2]["entropy_min"] >= 0.6
+    assert [(r["regularizer"], r["head"]) for r in rows if not r["calibrated"]] == [
+        ("ce", "plain"),
+        ("label-smoothing", "plain"),
+        ("era", "era"),
+        ("era", "plain"),
+    ]
+    assert _row(rows[-4:], "era")["entropy_min"] >= 0.6
     assert (tmp_path / "results.md").exists() and (tmp_path / "curves.png").exists()
 
 
@@ -263,4 +294,4 @@ def test_cuda_recipe(tmp_path):
         )
     )
     assert result["status"] == "finished"
-    assert result["metrics"]["entropy_min"] >= 0.6
+    assert _row(result["metrics"], "era")["entropy_min"] >= 0.6

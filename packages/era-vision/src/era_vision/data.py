@@ -21,8 +21,10 @@ import numpy as np
 import torch
 import torchvision
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
+
+from era_core.validation import check_range
 
 __all__ = [
     "Augment",
@@ -33,8 +35,11 @@ __all__ = [
     "ResumableSampler",
     "TensorImages",
     "build_transform",
+    "dataset_labels",
     "load_data",
     "read_idx",
+    "split_holdout",
+    "stratified_split",
 ]
 
 Augment = Literal["none", "basic", "randaugment"]
@@ -229,6 +234,70 @@ def load_data(spec: str, download: bool = False) -> ImageData:
     if name in ("cifar10", "cifar100"):
         return _cifar(root, download, 10 if name == "cifar10" else 100)
     return _image_folder(root)
+
+
+def dataset_labels(dataset: Dataset) -> Tensor:
+    """The class label of every sample, ``(n,)`` int64, without decoding images where possible.
+
+    Reads ``TensorImages.labels`` or ImageFolder's ``targets``; any other dataset is indexed
+    sample by sample.
+    """
+    for name in ("labels", "targets"):
+        if hasattr(dataset, name):
+            return torch.as_tensor(getattr(dataset, name), dtype=torch.long)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+
+
+def stratified_split(labels: Tensor, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Draw ``size`` indices at random with each class in proportion to its frequency.
+
+    Within each class the samples are shuffled (seeded); sample ``r`` of a class of ``n_c``
+    gets the score ``(r + 0.5) / n_c`` and the ``size`` lowest scores are drawn, so every
+    class gets ``size * n_c / n`` samples up to one, whatever the order of ``labels``.
+
+    Args:
+        labels: ``(n,)`` class indices.
+        size: How many to draw, in ``[0, n]``.
+        seed: Seed of the shuffle.
+
+    Returns:
+        ``(rest, drawn)``: sorted indices of the samples not drawn and of those drawn.
+    """
+    n = len(labels)
+    check_range("size", size, 0, n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[order]
+    by_class = torch.argsort(shuffled, stable=True)
+    counts = torch.bincount(shuffled)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.empty(n, dtype=torch.long)
+    rank[by_class] = torch.arange(n) - first[shuffled[by_class]]
+    score = (rank + 0.5) / counts[shuffled]
+    drawn = torch.zeros(n, dtype=torch.bool)
+    drawn[order[torch.argsort(score, stable=True)[:size]]] = True
+    return drawn.logical_not().nonzero().flatten(), drawn.nonzero().flatten()
+
+
+def split_holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """Split a training set into the images to train on and a held-out calibration split.
+
+    The held-out split (``round(fraction * n)`` images, stratified by class, seeded) is never
+    trained on; temperature scaling is fitted on it (``era_vision.calibration``).
+
+    Args:
+        dataset: The training split.
+        fraction: Share of it to hold out, in ``[0, 0.5]``; 0 holds out nothing.
+        seed: Seed of the draw (the run's seed).
+
+    Returns:
+        ``(train, holdout)``; ``holdout`` is None when ``fraction`` is 0.
+    """
+    check_range("calibration_holdout", fraction, 0.0, 0.5)
+    size = round(fraction * len(dataset))  # type: ignore[arg-type]
+    if size == 0:
+        return dataset, None
+    rest, held = stratified_split(dataset_labels(dataset), size, seed)
+    return Subset(dataset, rest.tolist()), Subset(dataset, held.tolist())
 
 
 class RandomCropFlip(torch.nn.Module):

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from era_core.entropy import categorical_entropy
 from era_core.validation import check_positive, check_range
+from era_vision.calibration import evaluate_heads, tag
 from era_vision.config import save_config
 from era_vision.data import (
     Augment,
@@ -34,11 +35,11 @@ from era_vision.data import (
     build_transform,
     load_data,
     parse_data,
+    split_holdout,
 )
 from era_vision.distributed import Dist, average_bn_stats, setup
 from era_vision.era import with_era
 from era_vision.losses import LOSSES, Regularizer
-from era_vision.metrics import evaluate
 from era_vision.models import get_model
 from era_vision.plots import write_report
 from era_vision.runlog import MetricLogger, atomic_save
@@ -136,6 +137,13 @@ class TrainConfig:
     train_subset: int | None = field(
         default=None, metadata={"help": "train on the first N training images only"}
     )
+    calibration_holdout: float = field(
+        default=0.05,
+        metadata={
+            "help": "share of the training split held out (seeded, stratified, never trained "
+            "on) to fit the temperature of the calibrated eval rows; 0: no calibrated rows"
+        },
+    )
     log_every: int = field(default=50, metadata={"help": "log train/* every N steps"})
     eval_every: int = field(default=1, metadata={"help": "evaluate every N epochs"})
     checkpoint_every: int = field(
@@ -160,6 +168,7 @@ class TrainConfig:
         check_range("ema_decay", self.ema_decay, 0.0, 1.0, high_inclusive=False)
         check_range("workers", self.workers, low=0)
         check_range("checkpoint_every", self.checkpoint_every, low=0)
+        check_range("calibration_holdout", self.calibration_holdout, 0.0, 0.5)
         for name in ("max_steps", "train_subset"):
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), low=1)
@@ -262,17 +271,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     Returns:
         ``status`` ("finished", "paused" at ``max_steps``, or "interrupted" by a signal),
-        ``signal``, ``step``, and the final test ``metrics`` (None unless finished or paused).
+        ``signal``, ``step``, and the final test ``metrics`` (None unless finished or paused):
+        one row per head and calibration, and the ``evaluation`` they come from (with this
+        rank's test logits), see ``era_vision.calibration``.
     """
     ctx = setup(cfg.device)
     run_dir = Path(cfg.out)  # type: ignore[arg-type]
     data = load_data(cfg.data, cfg.download)
-    base = data.train
+    base, holdout = split_holdout(data.train, cfg.calibration_holdout, cfg.seed)
     if cfg.train_subset is not None:
         check_range("train_subset", cfg.train_subset, 1, len(base), why=f"{cfg.data} train split")
         base = Subset(base, range(cfg.train_subset))
     train_set = AugmentedDataset(base, build_transform(cfg.augment, data, train=True), cfg.seed)
     test_set = AugmentedDataset(data.test, build_transform("none", data, train=False), cfg.seed)
+    if holdout is not None:
+        holdout = AugmentedDataset(holdout, build_transform("none", data, train=False), cfg.seed)
 
     micro_batch, rest = divmod(cfg.batch_size, ctx.world_size * cfg.grad_accum)
     if rest or micro_batch == 0:
@@ -360,16 +373,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             atomic_save(state, checkpoint_path)
 
     def run_eval(epoch: int) -> Any:
-        metrics = evaluate(net, test_set, ctx, cfg.batch_size, cfg.workers, memory_format, cfg.amp)
-        values = {f"eval/{k}": v for k, v in metrics.compute().items()} | {"eval/epoch": epoch}
+        # Rows per head (era, plain) and calibrated (false, true): eval.csv, eval_ema.csv.
+        args = (test_set, holdout, ctx, cfg.batch_size, cfg.workers, memory_format, cfg.amp)
+        evaluation = evaluate_heads(net, *args)
+        models = {"eval": evaluation}
         if ema is not None:
-            ema_metrics = evaluate(
-                ema.module, test_set, ctx, cfg.batch_size, cfg.workers, memory_format, cfg.amp
-            )
-            values |= {f"eval_ema/{k}": v for k, v in ema_metrics.compute().items()}
+            models["eval_ema"] = evaluate_heads(ema.module, *args)
         if logger is not None:
-            logger.log(step, values)
-        return metrics
+            for group, result in models.items():
+                logger.log_rows(group, step, {tag(r): {"epoch": epoch} | r for r in result.rows})
+        return evaluation
 
     loss_fn = cfg.loss_fn()
     autocast = torch.autocast(
@@ -444,6 +457,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "signal": interrupt.signum,
         "step": step,
         "metrics": None,
+        "evaluation": None,
     }
     if interrupt.signum:
         result["status"] = "interrupted"
@@ -452,7 +466,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             result["status"] = "paused"
         if last_eval is None or last_eval[0] != step:
             last_eval = (step, run_eval(step / steps_per_epoch))
-        result["metrics"] = last_eval[1].compute()
+        result["metrics"], result["evaluation"] = last_eval[1].rows, last_eval[1]
         if ctx.main:
             write_report(last_eval[1], run_dir, "eval")
     if logger is not None:
