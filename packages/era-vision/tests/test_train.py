@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from era_vision.cli import main
-from era_vision.train import TrainConfig, lr_at, train
+from era_vision.data import load_data
+from era_vision.train import TrainConfig, build_model, lr_at, train
 
 # Tiny budgets on the built-in digits: 256 images, batch 32 -> 8 steps per epoch.
 TINY = dict(
@@ -206,6 +207,17 @@ def test_ddp_two_processes_match_one(tmp_path):
     ddp = json.loads((tmp_path / "ddp" / "eval.json").read_text())["rows"]
     for mine, theirs in zip(ddp, single["metrics"], strict=True):
         assert mine == pytest.approx(theirs, rel=1e-3)
+
+
+def test_arms_with_one_seed_start_from_the_same_weights():
+    # bench_accuracy pairs arms by seed: the ERA head wraps the same freshly drawn network.
+    data = load_data("digits")
+    nets = []
+    for regularizer in ("ce", "era"):
+        torch.manual_seed(3)
+        nets.append(build_model(TrainConfig(regularizer=regularizer), data).state_dict())
+    inner = {k.removeprefix("model."): v for k, v in nets[1].items() if k.startswith("model.")}
+    _assert_same_weights(nets[0], inner)
 
 
 def test_lr_schedule():

@@ -23,25 +23,31 @@ CURVES = (
 
 
 def reliability_diagram(runs: dict[str, dict[str, list[float]]], path: Path) -> None:
-    """Accuracy against confidence per bin, one line per run, with the diagonal of calibration.
+    """Accuracy against confidence per bin, one line per run or head, and the diagonal.
 
     Args:
-        runs: Line label -> ``ClassificationMetrics.reliability()``; labels that end in
-            ``calibrated`` are drawn dashed.
+        runs: Line label -> ``ClassificationMetrics.reliability()``. A label ending in
+            ``_calibrated`` (temperature-scaled) is drawn dashed in the colour of the same
+            label without the suffix.
         path: The PNG to write.
     """
     fig = Figure(figsize=(4.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="calibrated")
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfectly calibrated")
+    colours: dict[str, str] = {}
     for label, bins in runs.items():
         points = [
             (c, a)
             for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
             if not math.isnan(c)
         ]
+        base = label.removesuffix("_calibrated")
+        colour = colours.setdefault(base, f"C{len(colours)}")
+        scaled = base != label
+        name = f"{base}, T-scaled" if scaled else base
         if points:
-            style = "--" if label.endswith("calibrated") else "-"
-            ax.plot(*zip(*points, strict=True), style, marker="o", label=label)
+            x, y = zip(*points, strict=True)
+            ax.plot(x, y, "--" if scaled else "-", color=colour, marker="o", label=name)
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="reliability")
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
