@@ -206,7 +206,9 @@ def test_ddp_two_processes_match_one(tmp_path):
     )
     ddp = json.loads((tmp_path / "ddp" / "eval.json").read_text())["rows"]
     for mine, theirs in zip(ddp, single["metrics"], strict=True):
-        assert mine == pytest.approx(theirs, rel=1e-3)
+        assert (mine["head"], mine["calibrated"]) == (theirs["head"], theirs["calibrated"])
+        numbers = {k: v for k, v in theirs.items() if isinstance(v, float)}
+        assert {k: mine[k] for k in numbers} == pytest.approx(numbers, rel=1e-3)
 
 
 def test_arms_with_one_seed_start_from_the_same_weights():
