@@ -18,8 +18,8 @@ arms. Each arm is evaluated on the test set with every head (``era``: the floore
 held-out training images, and compared with ``ce`` seed by seed: mean paired difference with
 a 95 % t-interval over seeds.
 
-Runs live in --out and resume, so an interrupted table continues where it stopped; the JSON
-is rewritten after each finished run. ``--save-logits`` keeps each run's test logits
+Runs live in --out and resume, so an interrupted table continues where it stopped, and a
+finished run is read back from its ``eval.json``; the JSON is rewritten after each run. ``--save-logits`` keeps each run's test logits
 (``<out>/<regime>/<arm>-seed<s>/test_logits.pt``).
 """
 
@@ -28,11 +28,13 @@ import json
 import math
 import statistics
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from scipy import stats
 
 from era_vision.plots import markdown_table
@@ -100,12 +102,18 @@ def run_one(args: argparse.Namespace, regime: str, arm: str, seed: int) -> list[
         eval_every=epochs,  # the table needs the final test metrics only
         **parse_arm(arm),
     )
-    result = train(cfg)
-    evaluation = result["evaluation"]
-    if args.save_logits:
-        logits = {"logits": evaluation.logits, "labels": evaluation.labels}
-        torch.save(logits | {"temperatures": evaluation.temperatures}, out / "test_logits.pt")
-    return [{"regime": regime, "arm": arm, "seed": seed, **row} for row in result["metrics"]]
+    done = out / "eval.json"  # written once the run has finished
+    if done.exists() and (out / "test_logits.pt").exists() >= args.save_logits:
+        if yaml.safe_load((out / "config.yaml").read_text()) != asdict(cfg):
+            raise ValueError(f"{out} holds a run with other settings; pass another --out")
+        rows = json.loads(done.read_text())["rows"]
+    else:
+        result = train(cfg)
+        rows, evaluation = result["metrics"], result["evaluation"]
+        if args.save_logits:
+            logits = {"logits": evaluation.logits, "labels": evaluation.labels}
+            torch.save(logits | {"temperatures": evaluation.temperatures}, out / "test_logits.pt")
+    return [{"regime": regime, "arm": arm, "seed": seed, **row} for row in rows]
 
 
 def paired_difference(values: list[float], baseline: list[float]) -> dict[str, float]:
