@@ -42,7 +42,7 @@ def _train(cfg: Any) -> int:
 def _eval(cfg: Any) -> int:
     from era_vision.evaluate import run_eval
 
-    print(json.dumps(run_eval(cfg)["metrics"], indent=2))
+    print(json.dumps(run_eval(cfg)["rows"], indent=2))
     return 0
 
 
@@ -68,7 +68,11 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], int], str]]:
 
     return {
         "train": (TrainConfig, _train, "train a classifier with a regulariser (ce, ..., era)"),
-        "eval": (EvalConfig, _eval, "top-1/top-5/NLL/ECE/entropy of a run's checkpoint"),
+        "eval": (
+            EvalConfig,
+            _eval,
+            "top-1/top-5/NLL/ECE/entropy of a run's checkpoint, per head, before/after T",
+        ),
         "plot": (PlotConfig, _plot, "learning curves and reliability diagrams of runs"),
         "demo": (DemoConfig, _demo, "ce vs label smoothing vs ERA on the built-in digits"),
     }

@@ -40,6 +40,7 @@ __all__ = [
     "dataset_labels",
     "load_data",
     "read_idx",
+    "split_holdout",
     "stratified_split",
 ]
 
@@ -301,6 +302,28 @@ def stratified_split(labels: Tensor, size: int, seed: int) -> tuple[Tensor, Tens
     drawn = torch.zeros(n, dtype=torch.bool)
     drawn[order[torch.argsort(score, stable=True)[:size]]] = True
     return drawn.logical_not().nonzero().flatten(), drawn.nonzero().flatten()
+
+
+def split_holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """Split a training set into the images to train on and a held-out calibration split.
+
+    The held-out split (``round(fraction * n)`` images, stratified by class, seeded) is never
+    trained on; temperature scaling is fitted on it (``era_vision.calibration``).
+
+    Args:
+        dataset: The training split.
+        fraction: Share of it to hold out, in ``[0, 0.5]``; 0 holds out nothing.
+        seed: Seed of the draw (the run's seed).
+
+    Returns:
+        ``(train, holdout)``; ``holdout`` is None when ``fraction`` is 0.
+    """
+    check_range("calibration_holdout", fraction, 0.0, 0.5)
+    size = round(fraction * len(dataset))  # type: ignore[arg-type]
+    if size == 0:
+        return dataset, None
+    rest, held = stratified_split(dataset_labels(dataset), size, seed)
+    return Subset(dataset, rest.tolist()), Subset(dataset, held.tolist())
 
 
 class RandomCropFlip(torch.nn.Module):

@@ -5,10 +5,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from era_core.cli import UsageError
-from era_vision.config import load_config, user_input
-from era_vision.data import AugmentedDataset, build_transform, load_data, parse_data
+from era_vision.calibration import evaluate_heads
+from era_vision.config import load_config, load_yaml, user_input
+from era_vision.data import AugmentedDataset, build_transform, load_data, parse_data, split_holdout
 from era_vision.distributed import setup
-from era_vision.metrics import evaluate
 from era_vision.plots import write_report
 from era_vision.runlog import load_checkpoint
 from era_vision.train import TrainConfig, build_model
@@ -52,19 +52,28 @@ class EvalConfig:
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate a run's checkpoint and write ``eval.json`` and ``eval_reliability.png``.
 
+    Reports each head (``era`` for ERA runs, ``plain``) before and after temperature scaling;
+    the temperatures are fitted on the run's own held-out training images (the same seeded
+    split it was trained without), also when ``--data`` names another test set.
+
     Args:
         cfg: What to evaluate and where.
 
     Returns:
-        The report: ``metrics`` (top1, top5, nll, ece, entropy_mean, entropy_min) and
-        ``reliability`` bins.
+        The report: ``rows`` (head, calibrated, temperature, top1, top5, nll, ece,
+        entropy_mean, entropy_min), ``temperatures``, ``holdout_size``, ``reliability`` bins.
     """
     run = Path(cfg.run)
     train_cfg = load_config(TrainConfig, run / "config.yaml")
+    if "calibration_holdout" not in load_yaml(run / "config.yaml"):
+        # Runs of era-vision 0.1 trained on every training image: none is held out to fit T on.
+        train_cfg.calibration_holdout = 0.0
     with user_input(f"--device {cfg.device}"):
         ctx = setup(cfg.device)
-    with user_input(f"--data {cfg.data or train_cfg.data}"):
-        data = load_data(cfg.data or train_cfg.data)
+    with user_input(f"--data {train_cfg.data}"):
+        train_data = load_data(train_cfg.data)
+    with user_input(f"--data {cfg.data}"):
+        data = load_data(cfg.data) if cfg.data else train_data
     with user_input(f"{run}/config.yaml"):
         model = build_model(train_cfg, data)
     state = load_checkpoint(run / "checkpoint.pt")
@@ -79,7 +88,11 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         weights = state["model"]
     model.load_state_dict(weights)
     test_set = AugmentedDataset(data.test, build_transform("none", data, train=False))
-    metrics = evaluate(model.to(ctx.device), test_set, ctx, cfg.batch_size, cfg.workers)
+    _, holdout = split_holdout(train_data.train, train_cfg.calibration_holdout, train_cfg.seed)
+    if holdout is not None:
+        holdout = AugmentedDataset(holdout, build_transform("none", train_data, train=False))
+    args = (ctx, cfg.batch_size, cfg.workers)
+    evaluation = evaluate_heads(model.to(ctx.device), test_set, holdout, *args)
     if not ctx.main:  # under torchrun every rank evaluates its shard; rank 0 writes
-        return {"metrics": metrics.compute(), "reliability": metrics.reliability()}
-    return write_report(metrics, Path(cfg.out))  # type: ignore[arg-type]
+        return {"rows": evaluation.rows, "temperatures": evaluation.temperatures}
+    return write_report(evaluation, Path(cfg.out))  # type: ignore[arg-type]

@@ -3,13 +3,11 @@
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor
 
 from era_core.entropy import categorical_entropy
-from era_vision.distributed import Dist
 
-__all__ = ["ClassificationMetrics", "calibration_bins", "evaluate", "expected_calibration_error"]
+__all__ = ["ClassificationMetrics", "calibration_bins", "expected_calibration_error"]
 
 
 def calibration_bins(confidence: Tensor, correct: Tensor, num_bins: int = 15) -> Tensor:
@@ -104,42 +102,3 @@ class ClassificationMetrics:
             "confidence": (confidence / count).tolist(),
             "accuracy": (correct / count).tolist(),
         }
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    ctx: Dist,
-    batch_size: int = 256,
-    workers: int = 0,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    amp: bool = True,
-) -> ClassificationMetrics:
-    """Evaluate ``model`` on ``dataset``; each rank takes every world-size-th sample.
-
-    Args:
-        model: The classifier (not DDP-wrapped); put in eval mode.
-        dataset: Yields ``(image, label)``.
-        ctx: Rank, world size and device.
-        batch_size: Images per forward pass.
-        workers: DataLoader workers.
-        memory_format: Input memory format (``torch.channels_last`` to match such a model).
-        amp: bf16 autocast on CUDA.
-
-    Returns:
-        The metrics, merged over ranks.
-    """
-    model.eval()
-    shard = range(ctx.rank, len(dataset), ctx.world_size)  # type: ignore[arg-type]
-    loader = DataLoader(dataset, batch_size, sampler=shard, num_workers=workers)
-    metrics = ClassificationMetrics(device=ctx.device)
-    autocast = torch.autocast(
-        ctx.device.type, torch.bfloat16, enabled=amp and ctx.device.type == "cuda"
-    )
-    for images, labels in loader:
-        with autocast:
-            logits = model(images.to(ctx.device, memory_format=memory_format))
-        metrics.update(logits, labels.to(ctx.device))
-    metrics.all_reduce()
-    return metrics

@@ -87,12 +87,31 @@ class MetricLogger:
             groups.setdefault(key.split("/")[0], {})[key] = value
             self.tensorboard.add_scalar(key, value, step)
         for group, values in groups.items():
-            path = self.run_dir / f"{group}.csv"
-            fields = ["step", *values]
-            if path.exists():
-                with open(path, newline="") as f:
-                    fields = next(csv.reader(f))
-            self._write(path, [{"step": step, **values}], fields)
+            self._append(group, [{"step": step, **values}])
+
+    def log_rows(self, group: str, step: int, rows: dict[str, dict[str, Any]]) -> None:
+        """Write several rows at ``step`` to ``<group>.csv`` (e.g. one per head of an eval).
+
+        Args:
+            group: File stem and TensorBoard prefix, e.g. ``eval``.
+            step: The optimizer step.
+            rows: Row name -> row; the row's float values go to TensorBoard as
+                ``<group>/<name>/<key>``, the whole row to the CSV.
+        """
+        for name, row in rows.items():
+            for key, value in row.items():
+                if isinstance(value, float):
+                    self.tensorboard.add_scalar(f"{group}/{name}/{key}", value, step)
+        self._append(group, [{"step": step, **row} for row in rows.values()])
+
+    def _append(self, group: str, lines: list[dict[str, Any]]) -> None:
+        # The columns are fixed by the file's header once it exists.
+        path = self.run_dir / f"{group}.csv"
+        fields = list(lines[0])
+        if path.exists():
+            with open(path, newline="") as f:
+                fields = next(csv.reader(f))
+        self._write(path, lines, fields)
 
     def close(self) -> None:
         """Flush and close TensorBoard."""

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from era_core.cli import UsageError
 from era_core.entropy import categorical_entropy
 from era_core.validation import check_positive, check_range
+from era_vision.calibration import Evaluation, evaluate_heads, tag
 from era_vision.config import save_config, user_input
 from era_vision.data import (
     Augment,
@@ -42,12 +43,12 @@ from era_vision.data import (
     dataset_labels,
     load_data,
     parse_data,
+    split_holdout,
     stratified_split,
 )
 from era_vision.distributed import Dist, average_bn_stats, setup
 from era_vision.era import with_era
 from era_vision.losses import LOSSES, Regularizer
-from era_vision.metrics import ClassificationMetrics, evaluate
 from era_vision.models import get_model
 from era_vision.plots import write_report
 from era_vision.runlog import MetricLogger, atomic_save, load_checkpoint
@@ -196,6 +197,13 @@ class TrainConfig:
             "help": "train on N training images drawn at random (seeded), stratified by class"
         },
     )
+    calibration_holdout: float = field(
+        default=0.05,
+        metadata={
+            "help": "share of the training split held out (seeded, stratified, never trained "
+            "on) to fit the temperature of the calibrated eval rows; 0: no calibrated rows"
+        },
+    )
     log_every: int = field(default=50, metadata={"help": "log train/* every N steps"})
     eval_every: int = field(default=1, metadata={"help": "evaluate every N epochs"})
     checkpoint_every: int = field(
@@ -228,6 +236,7 @@ class TrainConfig:
         check_range("ema_decay", self.ema_decay, 0.0, 1.0, high_inclusive=False)
         check_range("workers", self.workers, low=0)
         check_range("checkpoint_every", self.checkpoint_every, low=0)
+        check_range("calibration_holdout", self.calibration_holdout, 0.0, 0.5)
         for name in ("max_steps", "train_subset"):
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), low=1)
@@ -278,6 +287,7 @@ class TrainData:
     data: ImageData
     train_set: AugmentedDataset
     test_set: AugmentedDataset
+    holdout_set: AugmentedDataset | None  # held-out training images, to fit temperatures on
     sampler: ResumableSampler
     loader: DataLoader
     micro_batch: int
@@ -285,10 +295,14 @@ class TrainData:
 
 
 def setup_data(cfg: TrainConfig, ctx: Dist) -> TrainData:
-    """Load the dataset, draw the training subset, and build the resumable training loader."""
+    """Load the data, hold out the calibration split, subset the rest, and build the loader.
+
+    The held-out images (``calibration_holdout``) are drawn first and never trained on; the
+    training subset is drawn from what remains.
+    """
     with user_input(f"--data {cfg.data}"):
         data = load_data(cfg.data, cfg.download)
-    base = data.train
+    base, holdout = split_holdout(data.train, cfg.calibration_holdout, cfg.seed)
     if cfg.train_subset is not None:
         with user_input("--train-subset"):
             check_range("train_subset", cfg.train_subset, 1, len(base), why=f"{cfg.data} train")
@@ -298,6 +312,8 @@ def setup_data(cfg: TrainConfig, ctx: Dist) -> TrainData:
         base, build_transform(cfg.augment, data, train=True, erasing=cfg.erasing), cfg.seed
     )
     test_set = AugmentedDataset(data.test, build_transform("none", data, train=False), cfg.seed)
+    if holdout is not None:
+        holdout = AugmentedDataset(holdout, build_transform("none", data, train=False), cfg.seed)
     micro_batch, rest = divmod(cfg.batch_size, ctx.world_size * cfg.grad_accum)
     if rest or micro_batch == 0:
         raise UsageError(
@@ -321,7 +337,9 @@ def setup_data(cfg: TrainConfig, ctx: Dist) -> TrainData:
         raise UsageError(
             f"--batch-size {cfg.batch_size} exceeds the {len(train_set)} training images"
         )
-    return TrainData(data, train_set, test_set, sampler, loader, micro_batch, steps_per_epoch)
+    return TrainData(
+        data, train_set, test_set, holdout, sampler, loader, micro_batch, steps_per_epoch
+    )
 
 
 @dataclass
@@ -677,8 +695,10 @@ def _log_train(
 
 def evaluate_models(
     cfg: TrainConfig, trainee: Trainee, data: TrainData, ctx: Dist
-) -> dict[str, ClassificationMetrics]:
-    """Test metrics of the model (``eval``) and of its EMA (``eval_ema``), merged over ranks.
+) -> dict[str, Evaluation]:
+    """Test metrics of the model (``eval``) and its EMA (``eval_ema``), merged over ranks.
+
+    Each holds both heads, before and after temperature scaling (``evaluate_heads``).
 
     The training RNG streams are left as they were (a DataLoader draws its base seed from the
     global generator), so whether and how often a run evaluates never changes what it learns.
@@ -686,18 +706,19 @@ def evaluate_models(
     models = {"eval": trainee.net}
     if trainee.ema is not None:
         models["eval_ema"] = trainee.ema.module
-    args = (data.test_set, ctx, cfg.batch_size, cfg.workers, trainee.memory_format, cfg.amp)
+    args = (data.test_set, data.holdout_set, ctx, cfg.batch_size, cfg.workers)
+    args += (trainee.memory_format, cfg.amp)
     with torch.random.fork_rng([ctx.device] if ctx.device.type == "cuda" else []):
-        return {group: evaluate(model, *args) for group, model in models.items()}
+        return {group: evaluate_heads(model, *args) for group, model in models.items()}
 
 
 def _log_eval(
-    results: dict[str, ClassificationMetrics], step: int, epoch: float, logger: MetricLogger | None
+    results: dict[str, Evaluation], step: int, epoch: float, logger: MetricLogger | None
 ) -> None:
+    # Rows per head (era, plain) and calibrated (false, true): eval.csv, eval_ema.csv.
     if logger is not None:
-        for group, metrics in results.items():
-            values = {f"{group}/{k}": v for k, v in metrics.compute().items()}
-            logger.log(step, values | {f"{group}/epoch": epoch})
+        for group, evaluation in results.items():
+            logger.log_rows(group, step, {tag(r): {"epoch": epoch} | r for r in evaluation.rows})
 
 
 def checkpoint_path(cfg: TrainConfig) -> Path:
@@ -722,7 +743,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     Returns:
         ``status`` ("finished", "paused" at ``max_steps``, "interrupted" by a signal, or
         "tested" with ``test_only``), ``signal``, ``step``, and the final test ``metrics`` (None
-        when interrupted).
+        when interrupted): one row per head and calibration, and the ``evaluation`` they come
+        from (with this rank's test logits), see ``era_vision.calibration``.
 
     Raises:
         UsageError: For input the user can fix (data, model, device, run folder, checkpoint).
@@ -742,19 +764,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     spe = data.steps_per_epoch
     total_steps = cfg.epochs * spe
     end = total_steps if cfg.max_steps is None else min(cfg.max_steps, total_steps)
-    result: dict[str, Any] = {"status": "finished", "signal": 0, "step": pos.step, "metrics": None}
+    result: dict[str, Any] = {"status": "finished", "signal": 0, "step": pos.step}
+    result |= {"metrics": None, "evaluation": None}
     if cfg.test_only:
-        metrics = evaluate_models(cfg, trainee, data, ctx)["eval"]
+        tested = evaluate_models(cfg, trainee, data, ctx)["eval"]
         if ctx.main:
-            write_report(metrics, run_dir, "eval")
-        return result | {"status": "tested", "metrics": metrics.compute()}
+            write_report(tested, run_dir, "eval")
+        return result | {"status": "tested", "metrics": tested.rows, "evaluation": tested}
 
     logger = None
     if ctx.main:
         _prepare_run_dir(run_dir, cfg)
         logger = MetricLogger(run_dir, resume_step=pos.step if resumed else None)
     progress = tqdm(total=end, initial=pos.step, disable=not ctx.main, desc=run_dir.name)
-    evaluation: dict[str, ClassificationMetrics] | None = None  # at pos.eval_step
+    evaluation: dict[str, Evaluation] | None = None  # at pos.eval_step
     with _Interrupt(ctx) as interrupt, progress:
         while pos.step < end and not interrupt.stop:
             train_one_epoch(cfg, trainee, data, pos, end, ctx, interrupt, logger, progress)
@@ -781,7 +804,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             _log_eval(evaluation, pos.step, pos.step / spe, logger)
             pos.eval_step = pos.step
             save_checkpoint(checkpoint, cfg, trainee, pos, ctx)
-        result["metrics"] = evaluation["eval"].compute()
+        result["metrics"], result["evaluation"] = evaluation["eval"].rows, evaluation["eval"]
         if ctx.main:
             write_report(evaluation["eval"], run_dir, "eval")
     if logger is not None:

@@ -1,0 +1,205 @@
+"""What ERA learns versus what its floor does: both heads, before and after temperature scaling.
+
+An ERA-trained classifier has two readings of the same pre-activation logits ``z``:
+
+- ``head="era"``: ``softmax(era(z))``, the floored distribution it was trained and is deployed
+  with (entropy >= H0 on every input);
+- ``head="plain"``: ``softmax(z)``, the same network without the floor.
+
+A model trained without ERA has the plain head only. Each head is also reported after
+temperature scaling (Guo et al., 2017): its output logits are divided by one scalar ``T``
+fitted by minimising the NLL on a held-out split of the *training* data
+(``data.split_holdout``), never on the test set. For the era head ``T`` divides the ERA
+logits ``era(z)``; a ``T < 1`` sharpens the distribution, so the calibrated era head no longer
+keeps the floor.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from era_vision.distributed import Dist
+from era_vision.era import ERAClassifier
+from era_vision.metrics import ClassificationMetrics
+
+__all__ = ["Evaluation", "collect_logits", "evaluate_heads", "fit_temperature", "head_logits"]
+
+
+def head_logits(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    """Float32 logits of each head: ``{"era": ..., "plain": ...}``, or ``{"plain": ...}``.
+
+    Args:
+        model: A classifier; an ``ERAClassifier`` has both heads, any other model only plain.
+        images: A batch of inputs.
+    """
+    if isinstance(model, ERAClassifier):
+        plain = model.model(images).float()
+        return {"era": model.era(plain), "plain": plain}
+    return {"plain": model(images).float()}
+
+
+def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -> float:
+    """The temperature ``T`` that minimises ``NLL(softmax(logits / T), labels)``.
+
+    LBFGS on ``log T`` (so ``T`` stays positive), in float64. If every sample is classified
+    correctly the NLL keeps falling as ``T -> 0`` and the fit returns a small ``T``.
+
+    Args:
+        logits: ``(n, classes)`` logits of a held-out split.
+        labels: ``(n,)`` class indices.
+        max_iter: LBFGS iterations.
+
+    Returns:
+        ``T > 0``.
+    """
+    if len(labels) == 0:
+        raise ValueError("fit_temperature needs at least one held-out sample")
+    logits, labels = logits.detach().double().cpu(), labels.cpu()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return log_t.exp().item()
+
+
+@torch.no_grad()
+def collect_logits(
+    model: nn.Module,
+    dataset: Dataset,
+    ctx: Dist,
+    batch_size: int = 256,
+    workers: int = 0,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    amp: bool = True,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Every head's logits on this rank's shard (every world-size-th sample) of ``dataset``.
+
+    Args:
+        model: The classifier (not DDP-wrapped); put in eval mode.
+        dataset: Yields ``(image, label)``.
+        ctx: Rank, world size and device.
+        batch_size: Images per forward pass.
+        workers: DataLoader workers.
+        memory_format: Input memory format (``torch.channels_last`` to match such a model).
+        amp: bf16 autocast on CUDA (the heads run in float32).
+
+    Returns:
+        ``(logits per head, labels)``, on ``ctx.device``.
+    """
+    model.eval()
+    shard = range(ctx.rank, len(dataset), ctx.world_size)  # type: ignore[arg-type]
+    loader = DataLoader(dataset, batch_size, sampler=shard, num_workers=workers)
+    autocast = torch.autocast(
+        ctx.device.type, torch.bfloat16, enabled=amp and ctx.device.type == "cuda"
+    )
+    batches: dict[str, list[Tensor]] = {}
+    labels = []
+    for images, targets in loader:
+        with autocast:
+            heads = head_logits(model, images.to(ctx.device, memory_format=memory_format))
+        for head, logits in heads.items():
+            batches.setdefault(head, []).append(logits.float())
+        labels.append(targets.to(ctx.device))
+    return {head: torch.cat(chunks) for head, chunks in batches.items()}, torch.cat(labels)
+
+
+def _gather(logits: dict[str, Tensor], labels: Tensor, ctx: Dist) -> tuple[dict, Tensor]:
+    """All ranks' shards on every rank (on the CPU), so each fits the same temperature."""
+    if ctx.world_size == 1:
+        return logits, labels
+    shards: list = [None] * ctx.world_size
+    dist.all_gather_object(shards, ({k: v.cpu() for k, v in logits.items()}, labels.cpu()))
+    merged = {head: torch.cat([s[0][head] for s in shards]) for head in logits}
+    return merged, torch.cat([s[1] for s in shards])
+
+
+@dataclass
+class Evaluation:
+    """The metrics of every head, uncalibrated and temperature-scaled, on a test split.
+
+    Attributes:
+        rows: One dict per (head, calibrated): ``head``, ``calibrated``, ``temperature`` and
+            top1, top5, nll, ece, entropy_mean, entropy_min.
+        reliability: ``"<head>"`` / ``"<head>_calibrated"`` -> reliability bins.
+        temperatures: The fitted ``T`` per head (empty without a held-out split).
+        holdout_size: Images the temperatures were fitted on (0: none).
+        logits: This rank's test logits per head (before scaling), for saving.
+        labels: This rank's test labels.
+    """
+
+    rows: list[dict]
+    reliability: dict[str, dict[str, list[float]]]
+    temperatures: dict[str, float]
+    holdout_size: int
+    logits: dict[str, Tensor]
+    labels: Tensor
+
+    def row(self, head: str, calibrated: bool = False) -> dict:
+        """The row of one head (KeyError if this model has no such head or calibration)."""
+        for row in self.rows:
+            if row["head"] == head and row["calibrated"] == calibrated:
+                return row
+        raise KeyError(f"no row for head={head!r}, calibrated={calibrated}")
+
+
+def tag(row: dict) -> str:
+    """A row's name in logs and plots: ``era``, ``era_calibrated``, ``plain``, ..."""
+    return row["head"] + ("_calibrated" if row["calibrated"] else "")
+
+
+def evaluate_heads(
+    model: nn.Module,
+    test_set: Dataset,
+    holdout_set: Dataset | None,
+    ctx: Dist,
+    batch_size: int = 256,
+    workers: int = 0,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    amp: bool = True,
+) -> Evaluation:
+    """Both heads' metrics on ``test_set``, before and after temperature scaling.
+
+    Args:
+        model: The classifier (not DDP-wrapped).
+        test_set: Yields ``(image, label)``; sharded over ranks.
+        holdout_set: The held-out training images to fit the temperatures on; None reports
+            uncalibrated rows only.
+        ctx: Rank, world size and device.
+        batch_size: Images per forward pass.
+        workers: DataLoader workers.
+        memory_format: Input memory format.
+        amp: bf16 autocast on CUDA.
+
+    Returns:
+        The evaluation, with metrics merged over ranks.
+    """
+    args = (ctx, batch_size, workers, memory_format, amp)
+    temperatures = {}
+    holdout_size = 0
+    if holdout_set is not None:
+        held, held_labels = _gather(*collect_logits(model, holdout_set, *args), ctx)
+        temperatures = {head: fit_temperature(held[head], held_labels) for head in held}
+        holdout_size = len(held_labels)
+    logits, labels = collect_logits(model, test_set, *args)
+    rows, reliability = [], {}
+    for head in logits:
+        for calibrated in (False, True) if temperatures else (False,):
+            temperature = temperatures[head] if calibrated else 1.0
+            metrics = ClassificationMetrics(device=ctx.device)
+            metrics.update(logits[head] / temperature, labels)
+            metrics.all_reduce()
+            row = {"head": head, "calibrated": calibrated, "temperature": temperature}
+            rows.append(row | metrics.compute())
+            reliability[tag(row)] = metrics.reliability()
+    return Evaluation(rows, reliability, temperatures, holdout_size, logits, labels)
