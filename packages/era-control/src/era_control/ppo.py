@@ -33,7 +33,7 @@ from era_control import checkpoint, envs, rng
 from era_control.config import RunConfig, help_field, to_dict
 from era_control.distributions import normal_log_prob, tanh_log_abs_det
 from era_control.entropy_floor import (
-    ERA_TARGET_PER_DIM,
+    AUTHORS_TARGET_PER_DIM,
     check_target_entropy,
     delta_tuner,
 )
@@ -74,7 +74,7 @@ class PPOConfig(RunConfig):
     )
     target_entropy: float | None = help_field(
         None,
-        f"ERA: target entropy PER ACTION DIM in nats (default: {ERA_TARGET_PER_DIM}, as SAC-ERA)",
+        f"ERA: target entropy PER ACTION DIM in nats (default: {AUTHORS_TARGET_PER_DIM}, as SAC-ERA)",
     )
     learn_delta: bool | None = help_field(
         None,
@@ -172,7 +172,7 @@ class PPOConfig(RunConfig):
 
     def entropy_target(self, action_dim: int) -> float:
         """ERA's ``H0`` in nats for an ``action_dim``-dim action space."""
-        per_dim = ERA_TARGET_PER_DIM if self.target_entropy is None else self.target_entropy
+        per_dim = AUTHORS_TARGET_PER_DIM if self.target_entropy is None else self.target_entropy
         return per_dim * action_dim
 
 
