@@ -14,8 +14,9 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import torch
+import yaml
 
-__all__ = ["StopSignal", "load", "save"]
+__all__ = ["StopSignal", "load", "note_resume", "save"]
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -43,6 +44,14 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     only load checkpoints you produced or trust.
     """
     return torch.load(Path(path), map_location=map_location, weights_only=False)
+
+
+def note_resume(run_dir: str | Path, step: int, note: str) -> None:
+    """Append what a resume at ``step`` could not restore to ``run_dir/run.yaml`` (``resumes``)."""
+    path = Path(run_dir) / "run.yaml"
+    info = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    info.setdefault("resumes", []).append({"step": int(step), "env_state": note})
+    path.write_text(yaml.safe_dump(info, sort_keys=False))
 
 
 class StopSignal:

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -47,10 +48,12 @@ def start_run(algo: str, cfg: config.RunConfig) -> Path:
         f"s{cfg.seed}-{cfg.seed + cfg.seeds - 1}", time.strftime("%Y%m%d-%H%M%S"),
     ])  # fmt: skip
     run_dir = Path(cfg.out) / name
-    if (run_dir / "config.yaml").exists():
+    if (run_dir / "checkpoint.pt").exists():
         raise ValueError(
             f"run directory {str(run_dir)!r} exists: resume it with --resume or pick --run-name"
         )
+    if (run_dir / "run.yaml").exists():  # killed before its first checkpoint: start it again
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save_yaml(cfg, run_dir / "config.yaml")
     (run_dir / "run.yaml").write_text(yaml.safe_dump({"algo": algo, "command": sys.argv}))

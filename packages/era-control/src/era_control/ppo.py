@@ -557,12 +557,20 @@ class RolloutCollector:
         return {"envs": envs.snapshot_envs(self.envs), "obs": self.obs,
                 "episode_return": self.episode_return, "episode_length": self.episode_length}  # fmt: skip
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where :meth:`state_dict` was taken."""
+    def load_state_dict(self, state: dict[str, Any], reset_seeds: list[int]) -> str | None:
+        """Continue where :meth:`state_dict` was taken; returns what could not be restored.
+
+        Envs that cannot be snapshotted exactly start fresh episodes from ``reset_seeds``.
+        """
         self.envs.close()
-        self.envs = envs.restore_envs(state["envs"], self.env_id)
-        self.obs = state["obs"]
+        num_envs = self.shape[0] * self.shape[1]
+        restored = envs.restore_envs(state["envs"], self.env_id, num_envs, reset_seeds)
+        self.envs, self.obs = restored.envs, state["obs"]
         self.episode_return, self.episode_length = state["episode_return"], state["episode_length"]
+        if restored.obs is not None:  # fresh episodes
+            self.obs = self._see(restored.obs)
+            self.episode_return[:], self.episode_length[:] = 0.0, 0
+        return restored.note
 
 
 def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
@@ -593,7 +601,10 @@ def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
         for gen, gen_state in zip(generators, state["generators"], strict=True):
             gen.set_state(gen_state)
         rng.set_global_state(state["global_rng"])
-        collector.load_state_dict(state["collector"])
+        note = collector.load_state_dict(state["collector"], [s + step for s in reset_seeds])
+        if note is not None:
+            checkpoint.note_resume(run_dir, step, note)
+            print(f"warning: {note}")
     eval_envs = envs.make_vector_env(cfg.env, cfg.seeds)
 
     def save() -> None:

@@ -362,7 +362,13 @@ def train(cfg: SACConfig, run_dir: str | Path, resume: bool = False) -> int:
         if state["buffer"] is not None:
             buffer.load_state_dict(state["buffer"])
         train_envs.close()
-        train_envs = envs.restore_envs(state["envs"], cfg.env)
+        restored = envs.restore_envs(state["envs"], cfg.env, cfg.seeds, [s + step for s in seeds])
+        train_envs = restored.envs
+        if restored.note is not None:
+            checkpoint.note_resume(run_dir, step, restored.note)
+            print(f"warning: {restored.note}")
+        if restored.obs is not None:  # fresh episodes
+            obs, episode_return[:], episode_length[:] = restored.obs, 0.0, 0
     else:
         obs, _ = train_envs.reset(seed=seeds)
     eval_envs = envs.make_vector_env(cfg.env, cfg.seeds)
