@@ -5,6 +5,7 @@ unfinished runs from their checkpoints, restarts runs killed before their first 
 and skips finished ones, so a long table can be built over several sessions.
 """
 
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 def run_dir(out: Path, task: str, arm: str, steps: int) -> Path:
     """Where one (task, arm) run lives; ``arm`` is slugged for the file system."""
-    slug = "".join(c if c.isalnum() or c in "-." else "-" for c in arm.lower()).strip("-")
+    slug = re.sub(r"[^a-z0-9.]+", "-", arm.lower()).strip("-")  # "PPO-ERA (state)": ppo-era-state
     return out / "runs" / f"{task.replace('/', '-')}__{slug}__{steps}"
 
 
