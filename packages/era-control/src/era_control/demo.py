@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 from era_control import sac
-from era_control.cli import evaluate_run, start_run
 from era_control.plot import curve, plot_runs
+from era_control.runs import evaluate_run, start_run
 
 __all__ = ["run"]
 
