@@ -67,10 +67,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1_000, help="replayed states per seed")
     parser.add_argument("--out", type=Path, default=RESULTS / "floor.json")
+    parser.add_argument("--code", help="label of the code version (default: git commit)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     here = Path(sac.__file__).parent
-    commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+    commit = args.code or subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or str(here)  # fmt: skip
     rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     for target in args.targets:

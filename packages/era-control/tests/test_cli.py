@@ -218,4 +218,8 @@ def test_demo_writes_curves_and_table(tmp_path, capsys):
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"SAC-ERA", "SAC"}
+    assert results["SAC-ERA"]["target_entropy"] == pytest.approx(-1.0)  # SAC's target, 1-D
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("## era-control") and "](curves.png)" in summary
+    assert f"{results['SAC-ERA']['final_mean']:.1f}" in summary  # the sentence uses the numbers
     assert "SAC-ERA" in capsys.readouterr().out

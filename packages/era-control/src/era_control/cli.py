@@ -93,6 +93,9 @@ def _plot(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from era_control import demo  # heavy plotting imports only when asked for
 
+    for flag in ("steps", "seeds"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     return demo.run(Path(args.out), args.env, args.steps, args.seeds)
 
 
@@ -147,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="short SAC-ERA vs SAC comparison that writes a plot")
     demo.add_argument("--out", default="runs/demo/era-control", help="output directory")
     demo.add_argument("--env", default="InvertedDoublePendulum-v5", help="gymnasium id")
-    demo.add_argument("--steps", type=int, default=15_000, help="env steps per seed")
+    demo.add_argument("--steps", type=int, default=8_000, help="env steps per seed")
     demo.add_argument("--seeds", type=int, default=2, help="seeds per algorithm")
     _add_debug(demo)
     demo.set_defaults(func=_demo)

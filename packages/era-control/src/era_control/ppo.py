@@ -84,7 +84,9 @@ class PPOConfig(RunConfig):
         None,
         "ERA: initial (or fixed) delta in nats, total over action dims (default: 0.1 if learnt, else 0)",
     )
-    entropy_lr: float = help_field(3e-4, "ERA: Adam learning rate of log-delta")
+    entropy_lr: float = help_field(
+        1e-2, "ERA: Adam learning rate of log-delta (tanh_normal; settles within ~1k updates)"
+    )
     log_std_min: float = help_field(-8.0, "ERA: lower bound of the Gaussian's log-std")
     log_std_max: float = help_field(0.0, "ERA: upper bound of the Gaussian's log-std")
     log_std_init: float = help_field(0.0, "PPO: initial value of the state-independent log-std")
