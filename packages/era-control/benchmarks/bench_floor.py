@@ -34,13 +34,16 @@ def executed_entropy(pi) -> torch.Tensor:
     return tanh_gaussian_entropy(pi.mean, pi.log_std, 512, torch.Generator().manual_seed(0))
 
 
-def measure(env: str, target: float, updates: int, seeds: int, batch: int) -> dict:
+def measure(
+    env: str, target: float, updates: int, seeds: int, batch: int, distribution: str | None
+) -> dict:
     """Train, then the min and mean executed entropy over ``batch`` replayed states per seed."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = sac.SACConfig(
             env=env, steps=500 + updates, learning_starts=500, seeds=seeds, hidden=(64, 64),
             batch_size=64, eval_every=10**7, eval_episodes=1, log_every=10**7, out=tmp,
             tensorboard=False, device="cpu", target_entropy=target,
+            **({"distribution": distribution} if distribution else {}),
         )  # fmt: skip
         assert sac.train(cfg, tmp) == 0
         state = checkpoint.load(Path(tmp) / "checkpoint.pt")
@@ -67,6 +70,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1_000, help="replayed states per seed")
     parser.add_argument("--out", type=Path, default=RESULTS / "floor.json")
+    parser.add_argument("--distribution", help="SAC-ERA's distribution (default: the code's)")
     parser.add_argument("--code", help="label of the code version (default: git commit)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -75,7 +79,9 @@ def main() -> None:
                             capture_output=True, text=True).stdout.strip() or str(here)  # fmt: skip
     rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     for target in args.targets:
-        row = measure(args.env, target, args.updates, args.seeds, args.batch) | {"code": commit}
+        row = measure(args.env, target, args.updates, args.seeds, args.batch, args.distribution) | {
+            "code": commit
+        }
         keep = ("code", "distribution", "target_per_dim")
         rows = [r for r in rows if any(r[k] != row[k] for k in keep)] + [row]
         print(row, flush=True)
