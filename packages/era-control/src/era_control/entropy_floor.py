@@ -1,9 +1,10 @@
-"""The ERA entropy floor shared by SAC-ERA and PPO-ERA: target ``H0``, ``delta`` and its cap.
+"""The ERA entropy targets shared by SAC-ERA and PPO-ERA, and PPO-ERA's ``delta`` and its cap.
 
-ERA gives every state a Gaussian of entropy ``>= H0 + delta`` (method.md §1). ``H0`` is set
-per action dimension (the authors use 0.25 nats); ``delta >= 0`` compensates what squashing
-or truncation removes, and must keep ``H0 + delta`` below the Gaussian's maximum entropy
-``D * (log_std_max + log sqrt(2 pi e))``.
+``H0`` is set per action dimension; the default targets are named below. SAC-ERA meets ``H0``
+exactly on the distribution that acts (``truncated_gaussian_era``), so it needs no ``delta``.
+PPO-ERA with ``tanh_normal`` has no closed form: it floors the Gaussian at ``H0 + delta``, and
+``delta >= 0`` is learnt to make up for what the squash removes; it must keep ``H0 + delta``
+below the Gaussian's maximum entropy ``D * (log_std_max + log sqrt(2 pi e))``.
 """
 
 import math
