@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from era_core.entropy import _std_normal_pdf
 from era_core.validation import check_range
 
 __all__ = [
@@ -481,10 +482,6 @@ def _truncated_entropy_terms(log_std: Tensor, loc: Tensor) -> tuple[Tensor, Tens
     d_log_std = 1.0 + (n + m3) / (2 * z) - n * n / (2 * z * z)
     d_loc = ((p + m2) / (2 * z) - n * p / (2 * z * z)) / sigma
     return entropy, d_log_std, d_loc
-
-
-def _std_normal_pdf(x: Tensor) -> Tensor:
-    return torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
 def truncated_normal_entropy_bounds(log_std_min: float, log_std_max: float) -> tuple[float, float]:
