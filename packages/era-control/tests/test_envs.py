@@ -1,4 +1,6 @@
 import ctypes
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -149,3 +151,16 @@ def test_sac_checkpoints_and_resumes_an_unpicklable_env(tmp_path, monkeypatch, e
     assert checkpoint.load(tmp_path / "checkpoint.pt")["step"] == 120
     resumes = yaml.safe_load((tmp_path / "run.yaml").read_text())["resumes"]
     assert resumes[0]["step"] == 0 and "env" in resumes[0]["env_state"]
+
+
+def test_torch_compiler_stack_is_loaded_before_env_suites():
+    """Loaded after jaxlib (HumanoidBench), torch._dynamo segfaults in Adam's constructor."""
+    pytest.importorskip("shimmy")
+    code = (
+        "import sys; from era_control import envs; assert 'torch._dynamo' not in sys.modules; "
+        "envs.resolve_env_id('dm_control/cartpole-swingup-v0'); print('torch._dynamo' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "True"
