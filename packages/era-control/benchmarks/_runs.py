@@ -55,12 +55,12 @@ def run_all(jobs: dict[Path, list[str]], parallel: int = 1) -> float:
     while pending or running:
         for proc, path in running:
             if proc.poll() not in (None, 0):
-                print(f"FAILED (exit {proc.returncode}): {path}; see {path}.log", flush=True)
+                print(f"FAILED (exit {proc.returncode}): {path}; see {path.name}.log", flush=True)
         running = [(p, path) for p, path in running if p.poll() is None]
         while pending and len(running) < parallel:
             path, cmd = pending.pop(0)
             print(f"[{time.perf_counter() - start:7.0f}s] start {path.name}", flush=True)
-            log = path.with_suffix(".log").open("a")  # the run's progress bar and errors
+            log = path.with_name(path.name + ".log").open("a")  # the run's progress bar and errors
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), path))
         time.sleep(1.0)
     return time.perf_counter() - start
