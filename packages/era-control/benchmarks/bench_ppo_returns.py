@@ -13,12 +13,10 @@ ones, so a long benchmark can be stopped and continued. Walker2d-v5, Ant-v5 and 
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from era_control import checkpoint
+from _runs import command, run_all, run_dir
+
 from era_control.plot import curve, plot_runs
 
 RESULTS = Path(__file__).parent / "results"
@@ -27,22 +25,6 @@ VARIANTS = {
     "PPO-ERA (batch)": ["--era", "--era-level", "batch"],
     "PPO": ["--no-era"],
 }
-
-
-def command(args: argparse.Namespace, task: str, variant: str, run_dir: Path) -> list[str] | None:
-    """The CLI call that starts, resumes or (None) skips a run."""
-    cli = [sys.executable, "-m", "era_control.cli", "train", "ppo"]
-    if (run_dir / "checkpoint.pt").exists():
-        if checkpoint.load(run_dir / "checkpoint.pt")["step"] >= args.steps:
-            return None
-        return [*cli, "--resume", str(run_dir)]
-    return [
-        *cli, "--env", task, *VARIANTS[variant], "--steps", str(args.steps),
-        "--seeds", str(args.seeds), "--eval-every", str(args.eval_every),
-        "--eval-episodes", str(args.eval_episodes), "--checkpoint-every", str(args.checkpoint_every),
-        "--device", args.device, "--threads", str(args.threads), "--no-tensorboard",
-        "--out", str(run_dir.parent), "--run-name", run_dir.name, *args.extra,
-    ]  # fmt: skip
 
 
 def main() -> None:
@@ -61,34 +43,23 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="extra flags for every run, after --")
     args = parser.parse_args()
 
-    slug = {v: v.lower().replace(" (", "-").replace(")", "") for v in VARIANTS}  # ppo-era-state
-    runs = {
-        (task, variant): args.out / "runs" / f"{task}__{slug[variant]}__{args.steps}"
-        for task in args.tasks
-        for variant in args.variants
-    }
+    runs = {(t, v): run_dir(args.out, t, v, args.steps) for t in args.tasks for v in args.variants}
+    common = ["--seeds", str(args.seeds), "--eval-every", str(args.eval_every),
+              "--eval-episodes", str(args.eval_episodes), "--checkpoint-every", str(args.checkpoint_every),
+              "--device", args.device, "--threads", str(args.threads), "--no-tensorboard"]  # fmt: skip
+    jobs = {}
+    for (task, variant), path in runs.items():
+        flags = ["--env", task, *VARIANTS[variant], *common, *args.extra]
+        if (cmd := command("ppo", path, args.steps, flags)) is not None:
+            jobs[path] = cmd
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
-    pending = [(cmd, key) for key, run_dir in runs.items() if (cmd := command(args, *key, run_dir))]
-    running: list[tuple[subprocess.Popen, tuple[str, str]]] = []
-    start = time.perf_counter()
-    while pending or running:
-        for proc, key in running:
-            if proc.poll() not in (None, 0):
-                raise SystemExit(f"{key} failed (exit {proc.returncode}); see {runs[key]}.log")
-        running = [(p, key) for p, key in running if p.poll() is None]
-        while pending and len(running) < args.jobs:
-            cmd, key = pending.pop(0)
-            print(f"[{time.perf_counter() - start:7.0f}s] start {key}", flush=True)
-            log = runs[key].with_suffix(".log").open("a")  # the run's progress bar and errors
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), key))
-        time.sleep(1.0)
-    wall = time.perf_counter() - start
+    wall = run_all(jobs, args.jobs)
 
     results = []
-    for (task, variant), run_dir in runs.items():
-        steps, mean, std = curve(run_dir, "eval/return")  # mean ± std over seeds
+    for (task, variant), path in runs.items():
+        steps, mean, std = curve(path, "eval/return")  # mean ± std over seeds
         results.append({"task": task, "variant": variant, "step": int(steps[-1]), "seeds": args.seeds,
-                        "mean": float(mean[-1]), "std": float(std[-1]), "run_dir": str(run_dir)})  # fmt: skip
+                        "mean": float(mean[-1]), "std": float(std[-1]), "run_dir": str(path)})  # fmt: skip
     for task in args.tasks:
         plot_runs([runs[task, v] for v in args.variants], args.out / f"ppo_returns_{task}.png",
                   labels=args.variants, title=f"{task}, {args.seeds} seeds (mean ± std)")  # fmt: skip

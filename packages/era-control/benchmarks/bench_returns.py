@@ -1,60 +1,39 @@
-"""SAC-ERA vs SAC: final deterministic return (mean ± std over seeds) and learning curves.
+"""SAC-ERA vs SAC: final deterministic return per seed, mean ± std, paired differences, curves.
 
-    python packages/era-control/benchmarks/bench_returns.py \
-        --tasks Hopper-v5 HalfCheetah-v5 --steps 100000 --seeds 3 [--jobs 4] [--device cpu]
+    python packages/era-control/benchmarks/bench_returns.py                # the full table
+    python packages/era-control/benchmarks/bench_returns.py --tasks Hopper-v5 \\
+        --arms SAC-ERA SAC --steps 30000                                   # a subset
 
-Each (task, algorithm) pair is one ``era-control train sac`` run with all seeds in one
-process; ``--jobs`` runs pairs in parallel. Re-running the command resumes unfinished runs
-from their checkpoints and reuses finished ones. Writes ``results/returns.json`` and one
-``results/returns_<task>.png`` per task; prints the table.
+Arms: SAC-ERA at SAC's target (-1 per action dim, the default), SAC, and SAC-ERA at the
+authors' 0.25 per dim. Seeds are paired (seed k initialises and feeds every arm alike).
+Each (task, arm) is one ``era-control train sac`` run with all seeds in one process;
+``--jobs`` runs several at once. Re-running resumes unfinished runs and reuses finished ones
+(``_runs.py``). Writes ``results/returns.json`` (per-eval returns per seed too) and one
+``results/returns_<task>.png`` per task; prints the table and what is still missing.
 """
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _runs import command, eval_curves, paired_difference, run_all, run_dir, steps_done
 
-from era_control import checkpoint
-from era_control.logging import METRICS_FILE, read_metrics
 from era_control.plot import plot_runs
 
 RESULTS = Path(__file__).parent / "results"
-ALGORITHMS = {"SAC-ERA": "--era", "SAC": "--no-era"}
-
-
-def command(args: argparse.Namespace, task: str, algo: str, run_dir: Path) -> list[str] | None:
-    """The CLI call that starts, resumes or (None) skips a run."""
-    cli = [sys.executable, "-m", "era_control.cli", "train", "sac"]
-    if (run_dir / "checkpoint.pt").exists():
-        if checkpoint.load(run_dir / "checkpoint.pt")["step"] >= args.steps:
-            return None
-        return [*cli, "--resume", str(run_dir)]
-    return [
-        *cli, "--env", task, ALGORITHMS[algo], "--steps", str(args.steps), "--seeds", str(args.seeds),
-        "--eval-every", str(args.eval_every), "--eval-episodes", str(args.eval_episodes),
-        "--checkpoint-every", "10000", "--device", args.device, "--threads", str(args.threads),
-        "--out", str(run_dir.parent), "--run-name", run_dir.name, *args.extra,
-    ]  # fmt: skip
-
-
-def final_returns(run_dir: Path) -> tuple[int, np.ndarray]:
-    """Step and per-seed value of the last evaluation."""
-    rows = [
-        (step, seed, v)
-        for step, seed, key, v in read_metrics(run_dir / METRICS_FILE)
-        if key == "eval/return"
-    ]
-    last = max(step for step, _, _ in rows)
-    return last, np.array([v for step, _, v in rows if step == last])
+TASKS = ["Hopper-v5", "HalfCheetah-v5", "dm_control/walker-walk-v0"]
+ARMS = {
+    "SAC-ERA": ["--era"],
+    "SAC": ["--no-era"],
+    "SAC-ERA (authors' 0.25/dim)": ["--era", "--preset", "authors-target"],
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["Hopper-v5", "HalfCheetah-v5"])
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--eval-every", type=int, default=5_000)
@@ -63,57 +42,63 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where runs, JSON and PNGs go")
+    parser.add_argument("--report-only", action="store_true", help="only tabulate what exists")
     parser.add_argument("extra", nargs="*", help="extra flags for every run, after --")
     args = parser.parse_args()
 
-    runs = {
-        (t, a): args.out / "runs" / f"{t}__{a}__{args.steps}"
-        for t in args.tasks
-        for a in ALGORITHMS
-    }
+    runs = {(t, a): run_dir(args.out, t, a, args.steps) for t in args.tasks for a in args.arms}
+    common = ["--seeds", str(args.seeds), "--eval-every", str(args.eval_every),
+              "--eval-episodes", str(args.eval_episodes), "--checkpoint-every", "5000",
+              "--device", args.device, "--threads", str(args.threads), "--no-tensorboard"]  # fmt: skip
+    jobs = {}
+    for (task, arm), path in runs.items():
+        cmd = command("sac", path, args.steps, ["--env", task, *ARMS[arm], *common, *args.extra])
+        if cmd is not None:
+            jobs[path] = cmd
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
-    pending = [(cmd, key) for key, run_dir in runs.items() if (cmd := command(args, *key, run_dir))]
-    running: list[subprocess.Popen] = []
-    start = time.perf_counter()
-    while pending or running:
-        running = [p for p in running if p.poll() is None]
-        while pending and len(running) < args.jobs:
-            cmd, key = pending.pop(0)
-            print(f"[{time.perf_counter() - start:7.0f}s] start {key}", flush=True)
-            log = runs[key].with_suffix(".log").open("a")  # the run's progress bar and errors
-            running.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
-        time.sleep(1.0)
-    wall = time.perf_counter() - start
+    wall = 0.0 if args.report_only else run_all(jobs, args.jobs)
 
-    results = []
-    for (task, algo), run_dir in runs.items():
-        step, returns = final_returns(run_dir)
-        results.append({"task": task, "algorithm": algo, "step": step, "seeds": args.seeds,
-                        "returns": returns.tolist(), "mean": float(returns.mean()), "std": float(returns.std())})  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
+    results, missing = [], []
+    for (task, arm), path in runs.items():
+        steps, per_seed = eval_curves(path)
+        done = steps_done(path)
+        if done < args.steps:
+            missing.append(f"{task} / {arm}: {done} of {args.steps} steps")
+        if not steps:
+            continue
+        final = np.array(per_seed[-1])
+        results.append({"task": task, "arm": arm, "step": steps[-1], "finished": done >= args.steps,
+                        "returns": final.tolist(), "mean": float(final.mean()), "std": float(final.std()),
+                        "curve_steps": steps, "curve_returns_per_seed": per_seed})  # fmt: skip
+    by_key = {(r["task"], r["arm"]): r for r in results}
+    for r in results:  # paired with SAC at the same step, seed by seed
+        sac = by_key.get((r["task"], "SAC"))
+        if r["arm"] != "SAC" and sac and sac["step"] == r["step"] and len(r["returns"]) > 1:
+            r["minus_sac"] = paired_difference(r["returns"], sac["returns"])
     for task in args.tasks:
-        dirs = [runs[task, a] for a in ALGORITHMS]
-        plot_runs(dirs, args.out / f"returns_{task}.png", labels=list(ALGORITHMS),
-                  title=f"{task}, {args.seeds} seeds (mean ± std)")  # fmt: skip
-    setup = {"steps": args.steps, "seeds": args.seeds, "eval_episodes": args.eval_episodes,
-             "device": args.device, "threads": args.threads, "jobs": args.jobs, "wall_s": wall, "extra": args.extra}  # fmt: skip
-    (args.out / "returns.json").write_text(
-        json.dumps({"setup": setup, "results": results}, indent=2)
-    )
+        arms = [a for a in args.arms if (task, a) in by_key]
+        if arms:
+            plot_runs([runs[task, a] for a in arms], args.out / f"returns_{task.replace('/', '-')}.png",
+                      labels=arms, title=f"{task}, {args.seeds} seeds (mean ± std)")  # fmt: skip
+    setup = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    (args.out / "returns.json").write_text(json.dumps(
+        {"setup": setup | {"wall_s": wall}, "results": results, "missing": missing}, indent=2
+    ))  # fmt: skip
 
+    print(f"\nfinal deterministic return, {args.eval_episodes} episodes per seed, "
+          f"mean ± std over {args.seeds} paired seeds [per seed]")  # fmt: skip
     print(
-        f"\nfinal deterministic return, {args.eval_episodes} episodes per seed, mean ± std over seeds"
+        "| task | arm | step | return | per seed | minus SAC (95 % CI) |\n|---|---|---|---|---|---|"
     )
-    print(f"| task | steps | {' | '.join(ALGORITHMS)} |\n|---|---|{'---|' * len(ALGORITHMS)}")
-    for task in args.tasks:
-        cells = [
-            f"{r['mean']:.0f} ± {r['std']:.0f}"
-            for a in ALGORITHMS
-            for r in results
-            if r["task"] == task and r["algorithm"] == a
-        ]
-        step = min(r["step"] for r in results if r["task"] == task)
-        print(f"| {task} | {step} | {' | '.join(cells)} |")
+    for r in results:
+        d = r.get("minus_sac")
+        diff = f"{d['mean']:+.0f} [{d['ci95_low']:+.0f}, {d['ci95_high']:+.0f}]" if d else ""
+        seeds = ", ".join(f"{v:.0f}" for v in r["returns"])
+        print(
+            f"| {r['task']} | {r['arm']} | {r['step']} | {r['mean']:.0f} ± {r['std']:.0f} | {seeds} | {diff} |"
+        )
+    for line in missing:
+        print(f"missing: {line}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def test_train_smoke(tmp_path, env, era):
         "loss/actor",
         "entropy/policy",
     } <= keys
-    assert ("era/delta" in keys) == (era == "--era")
+    assert {"entropy/target", "entropy/policy_min"} <= keys
     assert ("sac/alpha" in keys) == (era == "--no-era")
     state = checkpoint.load(run_dir / "checkpoint.pt")
     assert state["step"] == 300
@@ -101,6 +101,9 @@ def test_eval_and_plot(tmp_path):
         (["--env", "Hoper-v5"], "did you mean"),
         (["--steps", "-5"], "steps must be in [1, inf), got -5"),
         (["--target-entropy", "0.9"], "target_entropy must be in"),
+        (["--target-entropy=-inf"], "target_entropy must be in"),
+        (["--target-entropy", "nan"], "target_entropy must be in"),
+        (["--era", "--distribution", "tanh_normal"], "tanh_normal"),
         (["--log-std-min", "1"], "log_std_min must be in"),
         (["--gamma", "1.0"], "gamma must be in [0, 1)"),
         (["--distribution", "beta"], "distribution must be one of"),
@@ -108,26 +111,41 @@ def test_eval_and_plot(tmp_path):
     ],
 )
 def test_bad_config_is_refused(tmp_path, capsys, flags, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "sac", "--out", str(tmp_path), *flags])
-    assert exit_info.value.code == 2
+    assert exit_code(["train", "sac", "--out", str(tmp_path), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def exit_code(argv):
+    """``main``'s exit code, whether argparse (parse errors) or main itself returns it."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
+def one_line_error(capsys, *fragments):
+    """The convention: stderr is exactly one line ``error: ...`` naming the problem."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "step/s" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+    return lines[0]
 
 
 def test_unknown_config_key_is_refused(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"learning_rate": 1e-3}))
-    with pytest.raises(SystemExit):
-        main(["train", "sac", "--config", str(config), "--out", str(tmp_path)])
-    assert "unknown config keys ['learning_rate']" in capsys.readouterr().err
+    assert exit_code(["train", "sac", "--config", str(config), "--out", str(tmp_path)]) == 2
+    one_line_error(capsys, "unknown config keys ['learning_rate']")
 
 
 def test_resume_takes_no_other_flags(tmp_path, capsys):
     _, run_dir = train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "100")
-    with pytest.raises(SystemExit):
-        main(["train", "sac", "--resume", str(run_dir), "--steps", "500"])
-    assert "--resume continues the saved config" in capsys.readouterr().err
+    capsys.readouterr()
+    assert exit_code(["train", "sac", "--resume", str(run_dir), "--steps", "500"]) == 2
+    one_line_error(capsys, "--resume continues the saved config")
 
 
 class InterruptAfter(checkpoint.StopSignal):
@@ -146,10 +164,9 @@ class InterruptAfter(checkpoint.StopSignal):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("distribution", ["tanh_normal", "truncated_normal"])
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, distribution):
-    flags = ["--env", "InvertedPendulum-v5", "--seeds", "2", "--distribution", distribution,
-             "--checkpoint-every", "70"]  # fmt: skip
+@pytest.mark.parametrize("era", ["--era", "--no-era"])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, era):
+    flags = ["--env", "InvertedPendulum-v5", "--seeds", "2", era, "--checkpoint-every", "70"]
     assert train(tmp_path, "full", *flags)[0] == 0
 
     # Interrupt mid-way (after a periodic checkpoint, between two others), then resume.
@@ -201,4 +218,8 @@ def test_demo_writes_curves_and_table(tmp_path, capsys):
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"SAC-ERA", "SAC"}
+    assert results["SAC-ERA"]["target_entropy"] == pytest.approx(-1.0)  # SAC's target, 1-D
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("## era-control") and "](curves.png)" in summary
+    assert f"{results['SAC-ERA']['final_mean']:.1f}" in summary  # the sentence uses the numbers
     assert "SAC-ERA" in capsys.readouterr().out

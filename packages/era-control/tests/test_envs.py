@@ -1,6 +1,13 @@
+import ctypes
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
+import yaml
+from gymnasium.envs.classic_control.pendulum import PendulumEnv
+from gymnasium.envs.mujoco.inverted_pendulum_v5 import InvertedPendulumEnv
 
 from era_control import envs
 
@@ -46,7 +53,7 @@ def test_snapshot_continues_exactly(env_id):
     actions = np.random.default_rng(0).uniform(-1, 1, (400, 2, *vec.single_action_space.shape))
     for a in actions[:150]:
         vec.step(a)
-    copy = envs.restore_envs(envs.snapshot_envs(vec), env_id)
+    copy = envs.restore_envs(envs.snapshot_envs(vec), env_id, 2, [0, 1]).envs
     for a in actions[150:]:  # crosses episode ends and autoresets
         first, second = vec.step(a), copy.step(a)
         for x, y in zip(first[:4], second[:4], strict=True):
@@ -76,3 +83,84 @@ def test_evaluate_is_reproducible_and_isolated():
     np.testing.assert_array_equal(first, second)
     assert first.shape == (2,) and first[0] != first[1]
     assert gym.spec("Pendulum-v1").max_episode_steps == 200
+
+
+class _HandleMixin:
+    """Holds a ctypes pointer, as HumanoidBench's envs do: pickling raises ValueError."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.handle = ctypes.pointer(ctypes.c_int(7))
+
+
+class UnpicklableInvertedPendulum(_HandleMixin, InvertedPendulumEnv):
+    pass
+
+
+class UnpicklablePendulum(_HandleMixin, PendulumEnv):
+    pass
+
+
+gym.register("EraTest/UnpicklableMujoco-v0", UnpicklableInvertedPendulum, max_episode_steps=100)
+gym.register("EraTest/UnpicklablePendulum-v0", UnpicklablePendulum, max_episode_steps=200)
+
+
+def test_unpicklable_mujoco_env_restores_its_simulator_state():
+    env_id = "EraTest/UnpicklableMujoco-v0"
+    vec = envs.make_vector_env(env_id, 2)
+    vec.reset(seed=[0, 1])
+    actions = np.random.default_rng(0).uniform(-0.3, 0.3, (60, 2, 1))
+    for a in actions[:20]:
+        vec.step(a)
+    snapshot = envs.snapshot_envs(vec)
+    assert snapshot["kind"] == "mujoco" and "pickle" in snapshot["reason"]
+    restored = envs.restore_envs(snapshot, env_id, 2, [5, 6])
+    assert restored.obs is None and "qpos/qvel/act/time" in restored.note
+    for a in actions[20:]:  # the same trajectory, up to the time limit's truncation
+        first, second = vec.step(a), restored.envs.step(a)
+        for x, y in zip(first[:4], second[:4], strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_unpicklable_non_mujoco_env_starts_fresh_episodes():
+    vec = envs.make_vector_env("EraTest/UnpicklablePendulum-v0", 2)
+    vec.reset(seed=[0, 1])
+    snapshot = envs.snapshot_envs(vec)
+    assert snapshot["kind"] == "none"
+    restored = envs.restore_envs(snapshot, "EraTest/UnpicklablePendulum-v0", 2, [3, 4])
+    expected, _ = envs.make_vector_env("EraTest/UnpicklablePendulum-v0", 2).reset(seed=[3, 4])
+    np.testing.assert_array_equal(restored.obs, expected)
+    assert "fresh episodes" in restored.note
+
+
+@pytest.mark.parametrize(
+    "env_id", ["EraTest/UnpicklableMujoco-v0", "EraTest/UnpicklablePendulum-v0"]
+)
+def test_sac_checkpoints_and_resumes_an_unpicklable_env(tmp_path, monkeypatch, env_id):
+    from era_control import checkpoint, sac
+
+    cfg = sac.SACConfig(env=env_id, steps=120, learning_starts=50, hidden=(8, 8), batch_size=16,
+                        eval_every=10**6, eval_episodes=1, out=str(tmp_path), tensorboard=False)  # fmt: skip
+    (tmp_path / "run.yaml").write_text("algo: sac\n")
+    stop = checkpoint.StopSignal()
+    stop.signum = 2  # as if SIGINT arrived before the first step: save and exit at once
+    monkeypatch.setattr(checkpoint, "StopSignal", lambda: stop)
+    assert sac.train(cfg, tmp_path) == 130
+    monkeypatch.undo()
+    assert sac.train(cfg, tmp_path, resume=True) == 0
+    assert checkpoint.load(tmp_path / "checkpoint.pt")["step"] == 120
+    resumes = yaml.safe_load((tmp_path / "run.yaml").read_text())["resumes"]
+    assert resumes[0]["step"] == 0 and "env" in resumes[0]["env_state"]
+
+
+def test_torch_compiler_stack_is_loaded_before_env_suites():
+    """Loaded after jaxlib (HumanoidBench), torch._dynamo segfaults in Adam's constructor."""
+    pytest.importorskip("shimmy")
+    code = (
+        "import sys; from era_control import envs; assert 'torch._dynamo' not in sys.modules; "
+        "envs.resolve_env_id('dm_control/cartpole-swingup-v0'); print('torch._dynamo' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "True"

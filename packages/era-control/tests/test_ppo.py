@@ -281,12 +281,10 @@ def test_train_smoke(tmp_path, flags):
 
 
 def test_cli_refuses_indivisible_minibatches(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "ppo", "--num-envs", "3", "--num-steps", "10", "--out", str(tmp_path)])
-    assert exit_info.value.code == 2
-    assert (
-        "num_minibatches must divide num_envs * num_steps = 30, got 32" in capsys.readouterr().err
-    )
+    code = main(["train", "ppo", "--num-envs", "3", "--num-steps", "10", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == "error: num_minibatches must divide num_envs * num_steps = 30, got 32\n"
     assert not list(tmp_path.iterdir())  # nothing was started
 
 

@@ -7,6 +7,7 @@ import torch
 from era_control import checkpoint, rng, sac
 from era_control.buffers import ReplayBuffer
 from era_control.cli import main
+from era_control.distributions import TruncatedTanhNormal
 from era_core.testing import cpu_and_cuda
 
 
@@ -28,45 +29,37 @@ def random_batch(agent_, seeds=3, batch=64, obs_dim=5, action_dim=3, device="cpu
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("distribution", ["tanh_normal", "truncated_normal"])
-def test_era_entropy_at_least_target_for_every_state(device, distribution):
-    a = agent(device, distribution=distribution, delta_init=0.3)
-    target = a.target_entropy  # 0.25 nats per dim, the authors' default
-    assert target == pytest.approx(0.75)
+@pytest.mark.parametrize("target", [None, 0.25, -0.5])
+def test_era_executed_entropy_at_least_target_for_every_state(device, target):
+    a = agent(device, target_entropy=target)
+    per_dim = -1.0 if target is None else target  # SAC's target is SAC-ERA's default
+    assert a.target_entropy == pytest.approx(3 * per_dim)
     obs = torch.cat(
         [torch.randn(3, 500, 5, device=device), 100 * torch.randn(3, 500, 5, device=device)], 1
     )
-    for _ in range(30):  # also after training has moved the networks and delta
+    for _ in range(30):  # also after training has moved the networks
         pi = a.policy(obs)
-        entropy = pi.gaussian_entropy()
+        assert isinstance(pi, TruncatedTanhNormal)
+        entropy = pi.dist.entropy().sum(-1)  # closed form, of the distribution that acts
         assert entropy.shape == (3, 1000)
-        floor = (target + a.delta.delta).unsqueeze(-1)
-        assert (entropy >= floor - 1e-4).all()
-        assert (pi.log_std >= a.cfg.log_std_min).all() and (pi.log_std <= a.cfg.log_std_max).all()
+        assert (entropy >= a.target_entropy - 1e-4).all()
         a.update(random_batch(a, device=device))
 
 
-def test_era_delta_learns_and_stays_feasible():
-    a = agent(delta_init=0.1, entropy_lr=0.5)
-    max_entropy = 3 * (0.0 + 0.5 * math.log(2 * math.pi * math.e))
-    deltas = []
-    for _ in range(40):
-        metrics = a.update(random_batch(a))
-        deltas.append(metrics["era/delta"])
-    assert not torch.allclose(deltas[0], deltas[-1])
-    assert (a.delta.delta > 0).all() and (a.target_entropy + a.delta.delta < max_entropy).all()
+def test_era_refuses_tanh_normal_and_unreachable_targets():
+    with pytest.raises(ValueError, match="tanh_normal"):
+        agent(distribution="tanh_normal")
+    with pytest.raises(ValueError, match="target_entropy must be in"):
+        agent(target_entropy=0.69)  # above the truncated normal's 0.683 at log_std_max=0
+    for bad in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError, match="target_entropy must be in"):
+            agent(target_entropy=bad)
 
 
-def test_fixed_delta_stays_constant():
-    a = agent(learn_delta=False, delta_init=0.2)
-    for _ in range(3):
-        metrics = a.update(random_batch(a))
-    torch.testing.assert_close(metrics["era/delta"], torch.full((3,), 0.2))
-
-
-def test_delta_above_feasible_maximum_is_refused():
-    with pytest.raises(ValueError, match="delta_init must be in"):
-        agent(delta_init=5.0)  # H0 = 0.75 plus 5 exceeds 3 * 1.419 nats
+def test_defaults_pick_the_distribution_per_algorithm():
+    assert agent().cfg.distribution == "truncated_normal"
+    assert agent(era=False).cfg.distribution == "tanh_normal"
+    assert agent(era=False, distribution="truncated_normal").cfg.distribution == "truncated_normal"
 
 
 def test_sac_baseline_log_std_bounds_and_alpha():

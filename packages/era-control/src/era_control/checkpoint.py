@@ -14,8 +14,11 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import torch
+import yaml
 
-__all__ = ["StopSignal", "load", "save"]
+from era_core.cli import UsageError
+
+__all__ = ["StopSignal", "load", "note_resume", "save"]
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -41,8 +44,31 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
     Checkpoints hold pickled environments, so they are loaded with ``weights_only=False``:
     only load checkpoints you produced or trust.
+
+    Raises:
+        UsageError: The file is missing, unreadable or not a checkpoint (naming the file).
     """
-    return torch.load(Path(path), map_location=map_location, weights_only=False)
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise UsageError(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as error:
+        raise UsageError(
+            f"checkpoint {str(path)!r} is unreadable (truncated, empty or not a checkpoint: "
+            f"{type(error).__name__})"
+        ) from error
+    if not isinstance(state, dict) or "step" not in state:
+        raise UsageError(f"checkpoint {str(path)!r} is not an era-control checkpoint")
+    return state
+
+
+def note_resume(run_dir: str | Path, step: int, note: str) -> None:
+    """Append what a resume at ``step`` could not restore to ``run_dir/run.yaml`` (``resumes``)."""
+    path = Path(run_dir) / "run.yaml"
+    info = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    info.setdefault("resumes", []).append({"step": int(step), "env_state": note})
+    path.write_text(yaml.safe_dump(info, sort_keys=False))
 
 
 class StopSignal:

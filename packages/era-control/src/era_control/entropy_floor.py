@@ -1,9 +1,10 @@
-"""The ERA entropy floor shared by SAC-ERA and PPO-ERA: target ``H0``, ``delta`` and its cap.
+"""The ERA entropy targets shared by SAC-ERA and PPO-ERA, and PPO-ERA's ``delta`` and its cap.
 
-ERA gives every state a Gaussian of entropy ``>= H0 + delta`` (method.md §1). ``H0`` is set
-per action dimension (the authors use 0.25 nats); ``delta >= 0`` compensates what squashing
-or truncation removes, and must keep ``H0 + delta`` below the Gaussian's maximum entropy
-``D * (log_std_max + log sqrt(2 pi e))``.
+``H0`` is set per action dimension; the default targets are named below. SAC-ERA meets ``H0``
+exactly on the distribution that acts (``truncated_gaussian_era``), so it needs no ``delta``.
+PPO-ERA with ``tanh_normal`` has no closed form: it floors the Gaussian at ``H0 + delta``, and
+``delta >= 0`` is learnt to make up for what the squash removes; it must keep ``H0 + delta``
+below the Gaussian's maximum entropy ``D * (log_std_max + log sqrt(2 pi e))``.
 """
 
 import math
@@ -14,7 +15,9 @@ from era_core.entropy import DeltaTuner
 from era_core.validation import check_range
 
 __all__ = [
-    "ERA_TARGET_PER_DIM",
+    "AUTHORS_LEARNER_TARGET_PER_DIM",
+    "AUTHORS_TARGET_PER_DIM",
+    "SAC_TARGET_PER_DIM",
     "UNIT_GAUSSIAN_ENTROPY",
     "check_target_entropy",
     "delta_tuner",
@@ -23,8 +26,15 @@ __all__ = [
 UNIT_GAUSSIAN_ENTROPY = 0.5 * math.log(2 * math.pi * math.e)
 """Entropy of a unit-variance 1-D Gaussian, ``log sqrt(2 pi e)``."""
 
-ERA_TARGET_PER_DIM = 0.25
-"""The authors' target entropy per action dimension, in nats."""
+SAC_TARGET_PER_DIM = -1.0
+"""SAC's automatic-temperature target per action dimension (Haarnoja et al.); SAC-ERA's default,
+so that SAC-ERA and SAC aim at the same exploration level and differ only in the mechanism."""
+
+AUTHORS_TARGET_PER_DIM = 0.25
+"""The ERA authors' target per action dimension on HumanoidBench, in nats (PPO-ERA's default)."""
+
+AUTHORS_LEARNER_TARGET_PER_DIM = -0.5
+"""The default target per action dimension of the ERA authors' SAC learner, in nats."""
 
 # Margin that keeps H0 + delta strictly below the Gaussian's maximum entropy, per action dim.
 _MARGIN_PER_DIM = 1e-3
@@ -46,14 +56,22 @@ def check_target_entropy(
     Raises:
         ValueError: Naming ``target_entropy`` and the allowed range.
     """
-    high, why = math.inf, ""
+    high, why = math.inf, "a finite number of nats"
     if bounded:
         high, why = math.log(2.0), "per action dim: the maximum entropy of a policy on [-1, 1]"
     if era and log_std_max + UNIT_GAUSSIAN_ENTROPY < high:
         high = log_std_max + UNIT_GAUSSIAN_ENTROPY
         why = f"per action dim: the maximum entropy of a Gaussian with log_std <= {log_std_max:g}"
-    if math.isfinite(high):
-        check_range("target_entropy", per_dim, None, high, high_inclusive=False, why=why)
+    # Open at both ends: -inf, +inf and NaN are refused too.
+    check_range(
+        "target_entropy",
+        per_dim,
+        -math.inf,
+        high,
+        low_inclusive=False,
+        high_inclusive=False,
+        why=why,
+    )
 
 
 def delta_tuner(

@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -22,6 +23,7 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.utils import EzPickle
 
 __all__ = [
+    "Restored",
     "evaluate",
     "final_observations",
     "make_env",
@@ -41,6 +43,10 @@ HUMANOIDBENCH_HELP = (
 
 def _import_suite(env_id: str) -> None:
     """Import the package that registers ``env_id``'s suite, or explain how to install it."""
+    if env_id.startswith("dm_control/") or _HUMANOIDBENCH.match(env_id):
+        # torch's compiler stack must be loaded before suites that pull in jax (HumanoidBench):
+        # imported lazily after jaxlib, it segfaults in torch.optim.Adam's constructor.
+        importlib.import_module("torch._dynamo")
     if env_id.startswith("dm_control/"):
         # Headless machines: keep dm_control from probing for a display (we never render).
         if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
@@ -167,17 +173,99 @@ class _SnapshotPickler(pickle.Pickler):
         return NotImplemented
 
 
-def snapshot_envs(envs: gym.Env | gym.vector.VectorEnv) -> bytes:
-    """Serialise an env (or vector env) with its full simulator and RNG state."""
+def snapshot_envs(envs: gym.vector.VectorEnv) -> dict[str, Any]:
+    """Serialise a vector env's state, as exactly as the envs allow; never fails.
+
+    - ``kind="pickle"``: the whole vector env with its simulator, RNG and wrapper state (exact).
+    - ``kind="mujoco"``: when pickling fails (e.g. HumanoidBench holds ctypes pointers), each
+      MuJoCo env's ``qpos``, ``qvel``, ``act``, ``time``, its RNG and time-limit counter.
+    - ``kind="none"``: neither works; a resume starts fresh episodes.
+    ``reason`` says why pickling failed.
+    """
     buffer = io.BytesIO()
-    _SnapshotPickler(buffer).dump(envs)
-    return buffer.getvalue()
+    try:
+        _SnapshotPickler(buffer).dump(envs)
+        return {"kind": "pickle", "data": buffer.getvalue()}
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}"
+    states = [_mujoco_state(env) for env in envs.envs]  # type: ignore[attr-defined]
+    if all(state is not None for state in states):
+        return {"kind": "mujoco", "states": states, "reason": reason}
+    return {"kind": "none", "reason": reason}
 
 
-def restore_envs(snapshot: bytes, env_id: str) -> gym.Env | gym.vector.VectorEnv:
-    """Rebuild envs from :func:`snapshot_envs`; they continue exactly where they were."""
+def _time_limit(env: gym.Env) -> gym.wrappers.TimeLimit | None:
+    while True:
+        if isinstance(env, gym.wrappers.TimeLimit):
+            return env
+        if not isinstance(env, gym.Wrapper):
+            return None
+        env = env.env
+
+
+def _mujoco_state(env: gym.Env) -> dict[str, Any] | None:
+    """MuJoCo simulator state, RNG and time-limit counter of one env, or None if not MuJoCo."""
+    data = getattr(env.unwrapped, "data", None)
+    if not all(hasattr(data, k) for k in ("qpos", "qvel", "act", "time")):
+        return None
+    limit = _time_limit(env)
+    return {
+        "qpos": np.array(data.qpos), "qvel": np.array(data.qvel), "act": np.array(data.act),
+        "time": float(data.time), "rng": env.unwrapped.np_random.bit_generator.state,
+        "elapsed_steps": None if limit is None else limit._elapsed_steps,
+    }  # fmt: skip
+
+
+def _set_mujoco_state(env: gym.Env, state: dict[str, Any]) -> None:
+    import mujoco
+
+    base = env.unwrapped
+    base.data.qpos[:], base.data.qvel[:], base.data.act[:] = (
+        state["qpos"],
+        state["qvel"],
+        state["act"],
+    )
+    base.data.time = state["time"]
+    mujoco.mj_forward(base.model, base.data)  # derived quantities from the restored state
+    generator = np.random.Generator(getattr(np.random, state["rng"]["bit_generator"])())
+    generator.bit_generator.state = state["rng"]
+    base.np_random = generator
+    limit = _time_limit(env)
+    if limit is not None:
+        limit._elapsed_steps = state["elapsed_steps"]
+
+
+class Restored(NamedTuple):
+    """What :func:`restore_envs` rebuilt.
+
+    ``note`` is ``None`` when the envs continue exactly; otherwise it says what was lost (for
+    ``run.yaml``). ``obs`` is set only when fresh episodes had to be started: the caller must
+    use these observations and restart its episode statistics.
+    """
+
+    envs: gym.vector.VectorEnv
+    note: str | None
+    obs: np.ndarray | None
+
+
+def restore_envs(
+    snapshot: dict[str, Any] | bytes, env_id: str, num_envs: int, seeds: Sequence[int]
+) -> Restored:
+    """Rebuild envs from :func:`snapshot_envs`; ``seeds`` reset them when the state is not exact."""
     resolve_env_id(env_id)  # registers the suite the snapshot refers to
-    return pickle.loads(snapshot)
+    if isinstance(snapshot, bytes):  # checkpoints written before snapshots had a kind
+        snapshot = {"kind": "pickle", "data": snapshot}
+    if snapshot["kind"] == "pickle":
+        return Restored(pickle.loads(snapshot["data"]), None, None)
+    vector = make_vector_env(env_id, num_envs)
+    obs, _ = vector.reset(seed=list(seeds))
+    if snapshot["kind"] == "mujoco":
+        for env, state in zip(vector.envs, snapshot["states"], strict=True):
+            _set_mujoco_state(env, state)
+        note = "env not picklable: restored MuJoCo qpos/qvel/act/time, RNG and time-limit counters only"
+        return Restored(vector, f"{note} ({snapshot['reason']})", None)
+    note = "env state not restored (not picklable, not MuJoCo): fresh episodes started"
+    return Restored(vector, f"{note} ({snapshot['reason']})", obs)
 
 
 def evaluate(

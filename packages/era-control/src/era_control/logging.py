@@ -82,11 +82,21 @@ class Logger:
 
 
 def read_metrics(path: str | Path) -> list[tuple[int, int, str, float]]:
-    """Rows ``(step, seed, key, value)`` of a ``metrics.csv``."""
+    """Rows ``(step, seed, key, value)`` of a ``metrics.csv``.
+
+    A half-written last line (a run killed mid-write) is skipped; a bad line elsewhere raises.
+    """
     with Path(path).open(newline="") as file:
-        reader = csv.reader(file)
-        next(reader, None)
-        return [(int(s), int(seed), k, float(v)) for s, seed, k, v in reader]
+        lines = list(csv.reader(file))[1:]
+    rows = []
+    for number, line in enumerate(lines):
+        try:
+            s, seed, k, v = line
+            rows.append((int(s), int(seed), k, float(v)))
+        except ValueError:
+            if number < len(lines) - 1:
+                raise ValueError(f"{path}: malformed line {number + 2}: {line}") from None
+    return rows
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = "") -> tqdm:

@@ -33,7 +33,7 @@ from era_control import checkpoint, envs, rng
 from era_control.config import RunConfig, help_field, to_dict
 from era_control.distributions import normal_log_prob, tanh_log_abs_det
 from era_control.entropy_floor import (
-    ERA_TARGET_PER_DIM,
+    AUTHORS_TARGET_PER_DIM,
     check_target_entropy,
     delta_tuner,
 )
@@ -74,7 +74,7 @@ class PPOConfig(RunConfig):
     )
     target_entropy: float | None = help_field(
         None,
-        f"ERA: target entropy PER ACTION DIM in nats (default: {ERA_TARGET_PER_DIM}, as SAC-ERA)",
+        f"ERA: target entropy PER ACTION DIM in nats (default: {AUTHORS_TARGET_PER_DIM}, as SAC-ERA)",
     )
     learn_delta: bool | None = help_field(
         None,
@@ -84,7 +84,9 @@ class PPOConfig(RunConfig):
         None,
         "ERA: initial (or fixed) delta in nats, total over action dims (default: 0.1 if learnt, else 0)",
     )
-    entropy_lr: float = help_field(3e-4, "ERA: Adam learning rate of log-delta")
+    entropy_lr: float = help_field(
+        1e-2, "ERA: Adam learning rate of log-delta (tanh_normal; settles within ~1k updates)"
+    )
     log_std_min: float = help_field(-8.0, "ERA: lower bound of the Gaussian's log-std")
     log_std_max: float = help_field(0.0, "ERA: upper bound of the Gaussian's log-std")
     log_std_init: float = help_field(0.0, "PPO: initial value of the state-independent log-std")
@@ -172,7 +174,7 @@ class PPOConfig(RunConfig):
 
     def entropy_target(self, action_dim: int) -> float:
         """ERA's ``H0`` in nats for an ``action_dim``-dim action space."""
-        per_dim = ERA_TARGET_PER_DIM if self.target_entropy is None else self.target_entropy
+        per_dim = AUTHORS_TARGET_PER_DIM if self.target_entropy is None else self.target_entropy
         return per_dim * action_dim
 
 
@@ -557,12 +559,20 @@ class RolloutCollector:
         return {"envs": envs.snapshot_envs(self.envs), "obs": self.obs,
                 "episode_return": self.episode_return, "episode_length": self.episode_length}  # fmt: skip
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where :meth:`state_dict` was taken."""
+    def load_state_dict(self, state: dict[str, Any], reset_seeds: list[int]) -> str | None:
+        """Continue where :meth:`state_dict` was taken; returns what could not be restored.
+
+        Envs that cannot be snapshotted exactly start fresh episodes from ``reset_seeds``.
+        """
         self.envs.close()
-        self.envs = envs.restore_envs(state["envs"], self.env_id)
-        self.obs = state["obs"]
+        num_envs = self.shape[0] * self.shape[1]
+        restored = envs.restore_envs(state["envs"], self.env_id, num_envs, reset_seeds)
+        self.envs, self.obs = restored.envs, state["obs"]
         self.episode_return, self.episode_length = state["episode_return"], state["episode_length"]
+        if restored.obs is not None:  # fresh episodes
+            self.obs = self._see(restored.obs)
+            self.episode_return[:], self.episode_length[:] = 0.0, 0
+        return restored.note
 
 
 def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
@@ -593,7 +603,10 @@ def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
         for gen, gen_state in zip(generators, state["generators"], strict=True):
             gen.set_state(gen_state)
         rng.set_global_state(state["global_rng"])
-        collector.load_state_dict(state["collector"])
+        note = collector.load_state_dict(state["collector"], [s + step for s in reset_seeds])
+        if note is not None:
+            checkpoint.note_resume(run_dir, step, note)
+            print(f"warning: {note}")
     eval_envs = envs.make_vector_env(cfg.env, cfg.seeds)
 
     def save() -> None:

@@ -4,9 +4,11 @@ The two differ only in the entropy mechanism (method.md §1):
 
 - **SAC** (Haarnoja et al. 2018): ``log_std`` squashed into ``[log_std_min, log_std_max]``;
   the losses carry ``-alpha * H`` and ``alpha`` is tuned towards ``target_entropy``.
-- **SAC-ERA**: ``log_std = gaussian_era(raw, H0 + delta)`` gives every state a Gaussian of
-  entropy ``>= H0 + delta``; the actor loss is ``-min Q`` and the critic target has no
-  entropy bonus. ``delta`` compensates the entropy lost to tanh/truncation (learnt or fixed).
+- **SAC-ERA**: actions are ``N(tanh(mu), sigma)`` truncated to ``[-1, 1]``, and
+  ``log_std = truncated_gaussian_era(tanh(mu), raw, H0)`` solves the truncated normal's
+  closed-form entropy, so the distribution that acts has entropy ``>= H0`` in every state;
+  the actor loss is ``-min Q`` and the critic target has no entropy bonus. No ``delta`` is
+  needed: there is no bounding bias left to compensate.
 
 Networks, replay, schedule and evaluation are shared, so runs differ only where they should.
 """
@@ -32,13 +34,14 @@ from era_control.distributions import (
     TruncatedTanhNormal,
 )
 from era_control.entropy_floor import (
-    ERA_TARGET_PER_DIM,
+    AUTHORS_LEARNER_TARGET_PER_DIM,
+    AUTHORS_TARGET_PER_DIM,
+    SAC_TARGET_PER_DIM,
     check_target_entropy,
-    delta_tuner,
 )
 from era_control.logging import Logger, progress_bar
 from era_control.networks import EnsembleMLP
-from era_core.functional import gaussian_era
+from era_core.functional import truncated_gaussian_era, truncated_normal_entropy_bounds
 from era_core.validation import check_positive, check_range
 
 __all__ = ["PRESETS", "SAC", "SACConfig", "build", "evaluation_policy", "train"]
@@ -51,22 +54,19 @@ class SACConfig(RunConfig):
     era: bool = help_field(
         True, "SAC-ERA (entropy floor by activation); --no-era: SAC with auto temperature"
     )
-    distribution: DistributionName = help_field(  # noqa: RUF009 - returns a dataclasses.field
-        "tanh_normal",
-        "tanh_normal: tanh-squashed Gaussian (SAC); truncated_normal: N(tanh(mu), std) on [-1, 1] (ERA authors)",
+    distribution: DistributionName | None = help_field(  # noqa: RUF009 - returns a dataclasses.field
+        None,
+        "truncated_normal: N(tanh(mu), std) on [-1, 1] (ERA authors); tanh_normal: tanh-squashed "
+        "Gaussian, SAC only (default: truncated_normal for ERA, tanh_normal for SAC)",
     )
     target_entropy: float | None = help_field(
         None,
-        "target entropy PER ACTION DIM in nats (default: 0.25 for ERA as the authors, -1 for SAC)",
-    )
-    learn_delta: bool = help_field(
-        True, "ERA: learn the bounding-bias compensation delta (else keep delta_init)"
-    )
-    delta_init: float = help_field(
-        0.1, "ERA: initial (or fixed) delta in nats, total over action dims"
+        "target entropy PER ACTION DIM in nats, for SAC's temperature and ERA's floor alike "
+        f"(default: SAC's {SAC_TARGET_PER_DIM:g}; the authors use {AUTHORS_TARGET_PER_DIM:g} on "
+        f"HumanoidBench, {AUTHORS_LEARNER_TARGET_PER_DIM:g} in their learner's default)",
     )
     alpha_init: float = help_field(1.0, "SAC: initial temperature alpha")
-    entropy_lr: float = help_field(3e-4, "Adam learning rate of alpha (SAC) or log-delta (ERA)")
+    entropy_lr: float = help_field(3e-4, "SAC: Adam learning rate of the temperature alpha")
     log_std_min: float = help_field(-8.0, "lower bound of the Gaussian's log-std (both algorithms)")
     log_std_max: float = help_field(0.0, "upper bound of the Gaussian's log-std (both algorithms)")
     hidden: tuple[int, ...] = help_field((256, 256), "hidden layer widths of actor and critics")
@@ -98,11 +98,24 @@ class SACConfig(RunConfig):
             high_inclusive=False,
             why=f"must be below log_std_max={self.log_std_max:g}",
         )
+        if self.distribution is None:
+            self.distribution = "truncated_normal" if self.era else "tanh_normal"
+        if self.era and self.distribution == "tanh_normal":
+            # tanh saturates: with an actor loss of -Q, |mu| grows until the executed entropy
+            # is far below any floor on the Gaussian (README, "Where the floor holds").
+            raise ValueError(
+                "distribution='tanh_normal' cannot keep ERA's floor on the executed actions "
+                "(tanh saturation); use distribution='truncated_normal' (the default) or --no-era"
+            )
         if self.target_entropy is not None:
             check_target_entropy(self.target_entropy, self.era, self.log_std_max)
-        check_range(
-            "delta_init", self.delta_init, 0.0, low_inclusive=not (self.era and self.learn_delta)
-        )
+            if self.era:
+                h_max = truncated_normal_entropy_bounds(self.log_std_min, self.log_std_max)[1]
+                check_range(
+                    "target_entropy", self.target_entropy, None, h_max, high_inclusive=False,
+                    why=f"per action dim: the maximum of ERA's truncated normal with "
+                    f"log_std_max={self.log_std_max:g}",
+                )  # fmt: skip
         check_positive("alpha_init", self.alpha_init)
         for name in ("entropy_lr", "lr", "tau"):
             check_positive(name, getattr(self, name))
@@ -119,8 +132,7 @@ class SACConfig(RunConfig):
 
     def entropy_target(self, action_dim: int) -> float:
         """``H0`` in nats for an ``action_dim``-dim action space."""
-        default = ERA_TARGET_PER_DIM if self.era else -1.0
-        per_dim = self.target_entropy if self.target_entropy is not None else default
+        per_dim = SAC_TARGET_PER_DIM if self.target_entropy is None else self.target_entropy
         return per_dim * action_dim
 
 
@@ -139,7 +151,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "distribution": "truncated_normal",
         "log_std_min": -8.0,
         "log_std_max": 0.0,
+        "target_entropy": AUTHORS_TARGET_PER_DIM,
     },
+    # Only the targets, for like-with-like rows next to SAC's -1 per dim.
+    "authors-target": {"target_entropy": AUTHORS_TARGET_PER_DIM},
+    "authors-learner-target": {"target_entropy": AUTHORS_LEARNER_TARGET_PER_DIM},
 }
 
 
@@ -168,7 +184,7 @@ class Critic(nn.Module):
 
 
 class SAC(nn.Module):
-    """Actor, twin critics, target critics and the entropy controller (alpha or delta) of N seeds.
+    """Actor, twin critics, target critics and (SAC) the temperature alpha of N seeds.
 
     Args:
         cfg: The run's config.
@@ -197,29 +213,21 @@ class SAC(nn.Module):
         self.target_entropy = cfg.entropy_target(action_dim)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
-        entropy_params: list[Tensor] = []
-        if cfg.era:
-            # delta is projected back under its cap after each step (H0 + delta stays feasible).
-            self.delta = delta_tuner(
-                self.target_entropy, action_dim, cfg.log_std_max, cfg.delta_init,
-                cfg.learn_delta, seeds, device,
-            )  # fmt: skip
-            entropy_params = list(self.delta.parameters())
-        else:
+        self.entropy_opt = None  # SAC-ERA has no entropy controller: the activation is exact
+        if not cfg.era:
             self.log_alpha = nn.Parameter(
                 torch.full((seeds,), math.log(cfg.alpha_init), device=device)
             )
-            entropy_params = [self.log_alpha]
-        self.entropy_opt = (
-            torch.optim.Adam(entropy_params, lr=cfg.entropy_lr) if entropy_params else None
-        )
+            self.entropy_opt = torch.optim.Adam([self.log_alpha], lr=cfg.entropy_lr)
 
     def policy(self, obs: Tensor) -> TanhNormal | TruncatedTanhNormal:
         """The action distribution at ``obs`` (``(seeds, batch, obs_dim)``)."""
         mean, raw_scale = self.actor(obs).chunk(2, dim=-1)
         lo, hi = self.cfg.log_std_min, self.cfg.log_std_max
         if self.cfg.era:
-            log_std = gaussian_era(raw_scale, self.delta.era_target.unsqueeze(-1), lo, hi)
+            log_std = truncated_gaussian_era(
+                torch.tanh(mean), raw_scale, self.target_entropy, lo, hi
+            )
         else:
             log_std = lo + 0.5 * (hi - lo) * (torch.tanh(raw_scale) + 1.0)
         return self.distribution(mean, log_std)
@@ -260,19 +268,13 @@ class SAC(nn.Module):
         actor_loss = (-q_pi if era else alpha * sample.log_prob - q_pi).mean(-1)
         _descend(self.actor_opt, actor_loss.sum())
 
-        # Entropy controller. SAC: alpha grows while H < target (SB3's log-alpha loss).
-        # ERA: delta grows while the executed entropy is below H0 (DeltaTuner), capped.
+        # SAC's temperature: alpha grows while H < target (SB3's log-alpha loss).
         metrics = {}
-        if era:
-            if self.entropy_opt is not None:
-                _descend(self.entropy_opt, self.delta.loss(sample.entropy))
-                self.delta.clamp_()
-            metrics["era/delta"] = self.delta.delta.detach()
-        else:
+        if not era:
             alpha_loss = -(
                 self.log_alpha.unsqueeze(-1) * (sample.log_prob.detach() + self.target_entropy)
             ).mean(-1)
-            _descend(self.entropy_opt, alpha_loss.sum())
+            _descend(self.entropy_opt, alpha_loss.sum())  # type: ignore[arg-type]
             metrics["sac/alpha"] = self.log_alpha.exp().detach()
 
         # Targets: theta' <- (1 - tau) * theta' + tau * theta.
@@ -287,6 +289,8 @@ class SAC(nn.Module):
             "loss/actor": actor_loss.detach(),
             "q/mean": q.detach().mean(dim=(1, 2)),
             "entropy/policy": sample.entropy.detach().mean(-1),
+            "entropy/policy_min": sample.entropy.detach().min(-1).values,
+            "entropy/target": torch.full_like(q_pi[:, 0], self.target_entropy).detach(),
             "entropy/gaussian": pi.gaussian_entropy().detach().mean(-1),
         }
 
@@ -358,7 +362,13 @@ def train(cfg: SACConfig, run_dir: str | Path, resume: bool = False) -> int:
         if state["buffer"] is not None:
             buffer.load_state_dict(state["buffer"])
         train_envs.close()
-        train_envs = envs.restore_envs(state["envs"], cfg.env)
+        restored = envs.restore_envs(state["envs"], cfg.env, cfg.seeds, [s + step for s in seeds])
+        train_envs = restored.envs
+        if restored.note is not None:
+            checkpoint.note_resume(run_dir, step, restored.note)
+            print(f"warning: {restored.note}")
+        if restored.obs is not None:  # fresh episodes
+            obs, episode_return[:], episode_length[:] = restored.obs, 0.0, 0
     else:
         obs, _ = train_envs.reset(seed=seeds)
     eval_envs = envs.make_vector_env(cfg.env, cfg.seeds)

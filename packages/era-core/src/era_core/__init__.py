@@ -14,8 +14,9 @@ from era_core.functional import (
     softmax_era,
     token_era,
     token_era_scale,
+    truncated_gaussian_era,
 )
-from era_core.nn import GaussianERA, SoftmaxERA
+from era_core.nn import GaussianERA, SoftmaxERA, TruncatedGaussianERA
 
 __version__ = "0.2.0"
 
@@ -23,6 +24,7 @@ __all__ = [
     "DeltaTuner",
     "GaussianERA",
     "SoftmaxERA",
+    "TruncatedGaussianERA",
     "TruncatedNormal",
     "__version__",
     "cli",
@@ -34,5 +36,6 @@ __all__ = [
     "softmax_era",
     "token_era",
     "token_era_scale",
+    "truncated_gaussian_era",
     "validation",
 ]

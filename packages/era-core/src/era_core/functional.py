@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from era_core.entropy import _std_normal_pdf
 from era_core.validation import (
     check_dim,
     check_floating,
@@ -44,6 +45,8 @@ __all__ = [
     "tight_constant",
     "token_era",
     "token_era_scale",
+    "truncated_gaussian_era",
+    "truncated_normal_entropy_bounds",
 ]
 
 Calibration = Literal["paper", "tight"]
@@ -567,3 +570,186 @@ def token_era(
     )
     scale = scale.reshape(scale.shape + (1,) * (logits.dim() - scale.dim()))
     return logits * scale.to(logits.dtype), new_advantages
+
+
+# --------------------------------------------------------------------------- truncated Gaussian
+
+
+def _truncated_entropy_terms(log_std: Tensor, loc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Entropy ``H`` of ``N(loc, exp(log_std)^2)`` truncated to ``[-1, 1]`` and ``dH/dlog_std``, ``dH/dloc``.
+
+    With ``a = (-1 - loc)/sigma``, ``b = (1 - loc)/sigma``, ``Z = Phi(b) - Phi(a)`` and
+    ``phi`` the standard normal density, ``H = log(sqrt(2 pi e) sigma Z) + N / (2Z)`` where
+    ``N = a phi(a) - b phi(b)``. Differentiating (``da/dlog_std = -a``, ``da/dloc = -1/sigma``):
+
+    - ``dH/dlog_std = 1 + (N + M3) / (2Z) - N^2 / (2Z^2)``, ``M3 = a^3 phi(a) - b^3 phi(b)``;
+    - ``dH/dloc = ((P + M2) / (2Z) - N P / (2Z^2)) / sigma``, ``P = phi(a) - phi(b)``,
+      ``M2 = a^2 phi(a) - b^2 phi(b)``.
+
+    ``loc`` in ``[-1, 1]`` keeps ``a <= 0 <= b``, so ``Z >= Phi(0) - Phi(a)`` has no cancellation
+    for small ``sigma``. Elementwise; call it in float64.
+    """
+    sigma = log_std.exp()
+    a, b = (-1.0 - loc) / sigma, (1.0 - loc) / sigma
+    pa, pb = _std_normal_pdf(a), _std_normal_pdf(b)
+    z = torch.special.ndtr(b) - torch.special.ndtr(a)
+    n = a * pa - b * pb
+    p, m2, m3 = pa - pb, a * a * pa - b * b * pb, a**3 * pa - b**3 * pb
+    entropy = _GAUSSIAN_UNIT_ENTROPY + log_std + torch.log(z) + n / (2 * z)
+    d_log_std = 1.0 + (n + m3) / (2 * z) - n * n / (2 * z * z)
+    d_loc = ((p + m2) / (2 * z) - n * p / (2 * z * z)) / sigma
+    return entropy, d_log_std, d_loc
+
+
+def truncated_normal_entropy_bounds(log_std_min: float, log_std_max: float) -> tuple[float, float]:
+    """Per-dimension entropy range ``[h_min, h_max]`` of :func:`truncated_gaussian_era`.
+
+    The entropies of the centred truncated normals ``N(0, exp(log_std)^2)`` on ``[-1, 1]``
+    with ``log_std = log_std_min`` and ``log_std_max``; ``h_max < log 2`` (the uniform's).
+    """
+    check_range(
+        "log_std_min",
+        log_std_min,
+        None,
+        log_std_max,
+        high_inclusive=False,
+        why=f"must be below log_std_max={log_std_max:g}",
+    )
+    bounds = torch.tensor([log_std_min, log_std_max], dtype=torch.float64)
+    entropy, _, _ = _truncated_entropy_terms(bounds, torch.zeros_like(bounds))
+    return float(entropy[0]), float(entropy[1])
+
+
+@torch.no_grad()
+def _solve_truncated_log_std(entropy: Tensor, loc: Tensor, high: float) -> Tensor:
+    """``log_std`` with ``H_trunc(log_std; loc) = entropy``, elementwise, in float64.
+
+    ``H`` increases strictly with ``sigma`` (``dH/dtheta = -theta Var[(x - loc)^2] < 0`` in the
+    exponential-family parameter ``theta = 1 / (2 sigma^2)``). Bracket: a truncated normal has
+    variance below ``sigma^2`` and so entropy below the Gaussian's, hence ``H(entropy - log
+    sqrt(2 pi e)) <= entropy``; and ``high`` is chosen by the caller with ``H(high) >= entropy``.
+    Newton steps from the lower end, safeguarded: a step that leaves the bracket is replaced
+    by bisection, so the iteration cannot diverge; it stops when every residual is below 1e-12.
+    """
+    low_end = entropy - _GAUSSIAN_UNIT_ENTROPY
+    high_end = torch.full_like(entropy, high)
+    log_std = low_end.clone()
+    for _ in range(100):
+        value, slope, _ = _truncated_entropy_terms(log_std, loc)
+        residual = value - entropy
+        done = residual.abs() <= 1e-12
+        if bool(done.all()):
+            break
+        below = residual < 0
+        low_end = torch.where(below, log_std, low_end)
+        high_end = torch.where(below, high_end, log_std)
+        step = log_std - residual / slope
+        inside = (step > low_end) & (step < high_end)
+        # Converged entries stay put: a last bisection could move them off the root.
+        log_std = torch.where(done, log_std, torch.where(inside, step, 0.5 * (low_end + high_end)))
+    return log_std
+
+
+class _TruncatedLogStd(torch.autograd.Function):
+    """``(entropy, loc) -> log_std`` solving ``H_trunc(log_std; loc) = entropy``; implicit gradient.
+
+    From ``H(log_std(h, m), m) = h``: ``dlog_std/dh = 1 / H_s`` and ``dlog_std/dm = -H_m / H_s``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, entropy: Tensor, loc: Tensor, high: float) -> Tensor:  # type: ignore[override]
+        h64, m64 = entropy.to(torch.float64), loc.to(torch.float64)
+        log_std = _solve_truncated_log_std(h64, m64, high)
+        ctx.save_for_backward(log_std, m64)
+        ctx.dtypes = entropy.dtype, loc.dtype
+        return log_std.to(torch.promote_types(entropy.dtype, loc.dtype))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        log_std, loc = ctx.saved_tensors  # type: ignore[attr-defined]
+        _, d_log_std, d_loc = _truncated_entropy_terms(log_std, loc)
+        g = grad.to(torch.float64) / d_log_std
+        entropy_dtype, loc_dtype = ctx.dtypes
+        return g.to(entropy_dtype), (-g * d_loc).to(loc_dtype), None
+
+
+def truncated_gaussian_era(
+    loc: Tensor,
+    raw_scale: Tensor,
+    target_entropy: float | Tensor,
+    log_std_min: float = -8.0,
+    log_std_max: float = 0.0,
+) -> Tensor:
+    """Log-stds whose normals around ``loc``, truncated to ``[-1, 1]``, have entropy >= target.
+
+    This is the ERA floor on the distribution that acts (method.md §1): the budget is spread
+    over the ``D`` dims like :func:`gaussian_era`, but in truncated-entropy units,
+
+        ``h_i = max(h_max + (H0 - D h_max) softmax(s)_i, h_min)``,
+
+    with ``[h_min, h_max]`` from :func:`truncated_normal_entropy_bounds` (``h_max < log 2``),
+    and each ``sigma_i`` solves ``H_trunc(sigma_i; loc_i) = h_i`` in closed form by a monotone
+    1-D root in float64. Without the clip ``sum_i h_i = H0`` exactly; the clip only raises it.
+    So the truncated normal's entropy is ``>= H0`` for every state and every ``loc``, with no
+    tuner and no bounding bias. Gradients flow to ``loc``, ``raw_scale`` and a tensor target
+    (implicit function theorem: the solver is not differentiated through).
+
+    The returned ``log_std`` lies in ``[log_std_min, log_std_max + log 2]``: a ``loc`` at the
+    boundary needs up to twice the centred ``sigma`` for the same entropy.
+
+    Args:
+        loc: Centres in ``[-1, 1]`` (e.g. ``tanh(mean)``), shape ``(*batch, D)``.
+        raw_scale: Raw network output ``s``, shape ``(*batch, D)``.
+        target_entropy: ``H0`` in nats over the ``D`` dims, a float or a tensor broadcastable
+            to ``batch``; below ``D * h_max``.
+        log_std_min: Sets ``h_min``, the entropy of the centred normal with this log-std.
+        log_std_max: Sets ``h_max``, likewise.
+
+    Returns:
+        ``log_std`` with the shape and dtype of ``raw_scale`` (computed in float64, rounded up).
+
+    Raises:
+        TypeError: A non-floating-point input.
+        ValueError: ``log_std_min >= log_std_max``, a non-finite target or one at or above
+            ``D * h_max``, shapes that differ, or (CPU, eager) ``loc`` outside ``[-1, 1]``.
+    """
+    check_floating("loc", loc)
+    check_floating("raw_scale", raw_scale)
+    h_min, h_max = truncated_normal_entropy_bounds(log_std_min, log_std_max)
+    check_shape("loc", loc.shape, raw_scale.shape, "one centre per entry of raw_scale")
+    if raw_scale.dim() == 0:
+        raise ValueError(
+            "raw_scale must have a last dimension of action dims D, got a 0-dim tensor"
+        )
+    dim = raw_scale.shape[-1]
+    bounds: dict[str, Any] = {
+        "low": -math.inf,
+        "high": dim * h_max,
+        "low_inclusive": False,
+        "high_inclusive": False,
+        "why": f"finite, below {dim} dims of truncated normals on [-1, 1] "
+        f"with log_std_max={log_std_max:g}",
+    }
+    if isinstance(target_entropy, Tensor):
+        check_floating("target_entropy", target_entropy)
+        batch = raw_scale.shape[:-1]
+        if not _broadcasts_to(target_entropy.shape, batch):
+            raise ValueError(
+                f"target_entropy must broadcast to raw_scale's batch shape {tuple(batch)}, "
+                f"got shape {tuple(target_entropy.shape)}"
+            )
+        check_tensor_range("target_entropy", target_entropy, **bounds)
+    else:
+        check_range("target_entropy", target_entropy, **bounds)
+    if checks_values(loc) and not bool((loc.detach().abs() <= 1.0).all()):
+        raise ValueError("loc must lie in [-1, 1] (e.g. tanh of the mean), got NaN or beyond")
+    budget = target_entropy - dim * h_max
+    if isinstance(budget, Tensor):
+        budget = budget.unsqueeze(-1)
+    weights = torch.softmax(raw_scale.to(compute_dtype(raw_scale)), -1)
+    entropy = (h_max + budget * weights).clamp(min=h_min)
+    # A boundary loc halves the entropy's sigma scale: H(2 sigma; +-1) = H(sigma; 0) >= h.
+    out: Tensor = _TruncatedLogStd.apply(entropy, loc, log_std_max + math.log(2.0))  # pyright: ignore[reportUnknownMemberType]
+    # The truncated entropy grows with sigma: rounding up keeps the floor in half precision.
+    return _round_up_to(out, raw_scale.dtype)

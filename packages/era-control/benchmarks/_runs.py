@@ -1,0 +1,87 @@
+"""What the returns benchmarks share: start, resume or skip a run; run a few at a time; read curves.
+
+A run directory is ``<out>/runs/<task>__<arm>__<steps>``. Re-running a benchmark resumes
+unfinished runs from their checkpoints, restarts runs killed before their first checkpoint
+and skips finished ones, so a long table can be built over several sessions.
+"""
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from era_control import checkpoint
+from era_control.logging import METRICS_FILE, read_metrics
+
+# Student-t 0.975 quantiles by degrees of freedom (the normal's 1.96 beyond the table).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def run_dir(out: Path, task: str, arm: str, steps: int) -> Path:
+    """Where one (task, arm) run lives; ``arm`` is slugged for the file system."""
+    slug = re.sub(r"[^a-z0-9.]+", "-", arm.lower()).strip("-")  # "PPO-ERA (state)": ppo-era-state
+    return out / "runs" / f"{task.replace('/', '-')}__{slug}__{steps}"
+
+
+def steps_done(path: Path) -> int:
+    """Env steps in the run's checkpoint (0 without one)."""
+    ckpt = path / "checkpoint.pt"
+    return int(checkpoint.load(ckpt)["step"]) if ckpt.exists() else 0
+
+
+def command(algo: str, path: Path, steps: int, flags: Sequence[str]) -> list[str] | None:
+    """The CLI call that starts (``flags``), resumes or, when finished, skips (``None``) a run."""
+    cli = [sys.executable, "-m", "era_control.cli", "train", algo]
+    done = steps_done(path)
+    if done >= steps:
+        return None
+    if done > 0:
+        return [*cli, "--resume", str(path)]
+    # Never checkpointed (or never started): start afresh; the CLI reuses such a folder.
+    return [*cli, *flags, "--steps", str(steps), "--out", str(path.parent), "--run-name", path.name]
+
+
+def run_all(jobs: dict[Path, list[str]], parallel: int = 1) -> float:
+    """Run the commands, ``parallel`` at a time, each logging to ``<run_dir>.log``; returns wall s.
+
+    A failing run is reported and the others continue (its row stays missing in the table).
+    """
+    pending, running = list(jobs.items()), []
+    start = time.perf_counter()
+    while pending or running:
+        for proc, path in running:
+            if proc.poll() not in (None, 0):
+                print(f"FAILED (exit {proc.returncode}): {path}; see {path.name}.log", flush=True)
+        running = [(p, path) for p, path in running if p.poll() is None]
+        while pending and len(running) < parallel:
+            path, cmd = pending.pop(0)
+            print(f"[{time.perf_counter() - start:7.0f}s] start {path.name}", flush=True)
+            log = path.with_name(path.name + ".log").open("a")  # the run's progress bar and errors
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), path))
+        time.sleep(1.0)
+    return time.perf_counter() - start
+
+
+def eval_curves(path: Path, key: str = "eval/return") -> tuple[list[int], list[list[float]]]:
+    """Steps and, per step, the per-seed values of ``key`` (empty lists when nothing is logged)."""
+    if not (path / METRICS_FILE).exists():
+        return [], []
+    by_step: dict[int, list[float]] = {}
+    for step, _, name, value in read_metrics(path / METRICS_FILE):
+        if name == key:
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Mean of ``a - b`` over paired seeds and its 95 % t-interval (needs >= 2 pairs)."""
+    diff = np.asarray(a) - np.asarray(b)
+    t = _T975.get(len(diff) - 1, 1.96)
+    half = t * diff.std(ddof=1) / np.sqrt(len(diff))
+    return {"mean": float(diff.mean()), "ci95_low": float(diff.mean() - half),
+            "ci95_high": float(diff.mean() + half)}  # fmt: skip
