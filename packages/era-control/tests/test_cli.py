@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import yaml
+from cli_asserts import exit_code, one_line_error
 
 from era_control import checkpoint
 from era_control.cli import main
@@ -114,24 +115,6 @@ def test_bad_config_is_refused(tmp_path, capsys, flags, message):
     assert exit_code(["train", "sac", "--out", str(tmp_path), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing was started
-
-
-def exit_code(argv):
-    """``main``'s exit code, whether argparse (parse errors) or main itself returns it."""
-    try:
-        return main(argv)
-    except SystemExit as exit_info:
-        return exit_info.code
-
-
-def one_line_error(capsys, *fragments):
-    """The convention: stderr is exactly one line ``error: ...`` naming the problem."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and "step/s" not in line]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], err
-    return lines[0]
 
 
 def test_unknown_config_key_is_refused(tmp_path, capsys):

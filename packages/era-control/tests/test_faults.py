@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 import yaml
+from cli_asserts import exit_code, one_line_error
 
 from era_control.cli import main
 
@@ -13,22 +14,6 @@ TINY = [
     "--env", "Pendulum-v1", "--steps", "120", "--learning-starts", "60", "--eval-every", "120",
     "--eval-episodes", "1", "--hidden", "8", "8", "--batch-size", "16", "--no-tensorboard",
 ]  # fmt: skip
-
-
-def exit_code(argv):
-    try:
-        return main(argv)
-    except SystemExit as exit_info:
-        return exit_info.code
-
-
-def one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and "step/s" not in line]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], err
 
 
 @pytest.fixture(scope="module")

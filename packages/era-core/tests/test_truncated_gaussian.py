@@ -92,8 +92,26 @@ def test_refuses_infeasible_target_and_bad_loc():
         truncated_gaussian_era(loc + 1.5, raw, 0.0)
     with pytest.raises(ValueError, match="loc must lie in"):
         truncated_gaussian_era(torch.full((2, 3), math.nan), raw, 0.0)
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match="loc must have shape"):
         truncated_gaussian_era(torch.zeros(2, 2), raw, 0.0)
+    for target in (-math.inf, math.nan, torch.tensor([0.0, -math.inf])):
+        with pytest.raises(ValueError, match="target_entropy"):
+            truncated_gaussian_era(loc, raw, target)
+    with pytest.raises(TypeError, match="raw_scale"):
+        truncated_gaussian_era(loc, raw.long(), 0.0)
+
+
+def test_half_precision_keeps_the_floor():
+    # Computed in float64, returned in the input dtype rounded up: sigma only grows.
+    generator = torch.Generator().manual_seed(0)
+    loc = torch.rand(256, 3, generator=generator) * 2 - 1
+    raw = torch.randn(256, 3, generator=generator).to(torch.bfloat16)
+    exact = truncated_gaussian_era(loc.double(), raw.double(), -1.5)
+    half = truncated_gaussian_era(loc, raw, -1.5)
+    assert half.dtype == torch.bfloat16
+    # Up to float32's rounding of the float64 root (the solver's output dtype).
+    assert bool((half.double() >= exact - 1e-6).all())
+    assert bool((half.double() > exact + 1e-6).any())  # rounding up happened
 
 
 def test_module_matches_function_and_overrides_target():

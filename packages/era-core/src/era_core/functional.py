@@ -108,16 +108,36 @@ def gaussian_era(
     )
     dim = raw_scale.shape[-1]
     max_entropy = dim * (log_std_max + _GAUSSIAN_UNIT_ENTROPY)
+    _check_target_entropy(
+        target_entropy,
+        raw_scale.shape[:-1],
+        max_entropy,
+        f"a {dim}-dim Gaussian with log_std <= {log_std_max:g}",
+    )
+    budget = target_entropy - dim * (_GAUSSIAN_UNIT_ENTROPY + log_std_max)
+    if isinstance(budget, Tensor):
+        budget = budget.unsqueeze(-1)
+    weights = torch.softmax(raw_scale.to(compute_dtype(raw_scale)), dim=-1)
+    log_std = (log_std_max + budget * weights).clamp(min=log_std_min)
+    return _round_up_to(log_std, raw_scale.dtype)
+
+
+def _check_target_entropy(
+    target_entropy: float | Tensor, batch: torch.Size, max_entropy: float, what: str
+) -> None:
+    """Refuse a target that is not finite or not below ``max_entropy``, the entropy of ``what``.
+
+    A tensor target must be floating point and broadcast to exactly ``batch``.
+    """
     bounds: dict[str, Any] = {
         "low": -math.inf,
         "high": max_entropy,
         "low_inclusive": False,
         "high_inclusive": False,
-        "why": f"finite, below the maximum entropy of a {dim}-dim Gaussian with log_std <= {log_std_max:g}",
+        "why": f"finite, below the maximum entropy of {what}",
     }
     if isinstance(target_entropy, Tensor):
         check_floating("target_entropy", target_entropy)
-        batch = raw_scale.shape[:-1]
         if not _broadcasts_to(target_entropy.shape, batch):
             raise ValueError(
                 f"target_entropy must broadcast to raw_scale's batch shape {tuple(batch)}, "
@@ -126,12 +146,6 @@ def gaussian_era(
         check_tensor_range("target_entropy", target_entropy, **bounds)
     else:
         check_range("target_entropy", target_entropy, **bounds)
-    budget = target_entropy - dim * (_GAUSSIAN_UNIT_ENTROPY + log_std_max)
-    if isinstance(budget, Tensor):
-        budget = budget.unsqueeze(-1)
-    weights = torch.softmax(raw_scale.to(compute_dtype(raw_scale)), dim=-1)
-    log_std = (log_std_max + budget * weights).clamp(min=log_std_min)
-    return _round_up_to(log_std, raw_scale.dtype)
 
 
 def _broadcasts_to(shape: torch.Size, full: torch.Size) -> bool:
@@ -723,25 +737,12 @@ def truncated_gaussian_era(
             "raw_scale must have a last dimension of action dims D, got a 0-dim tensor"
         )
     dim = raw_scale.shape[-1]
-    bounds: dict[str, Any] = {
-        "low": -math.inf,
-        "high": dim * h_max,
-        "low_inclusive": False,
-        "high_inclusive": False,
-        "why": f"finite, below {dim} dims of truncated normals on [-1, 1] "
-        f"with log_std_max={log_std_max:g}",
-    }
-    if isinstance(target_entropy, Tensor):
-        check_floating("target_entropy", target_entropy)
-        batch = raw_scale.shape[:-1]
-        if not _broadcasts_to(target_entropy.shape, batch):
-            raise ValueError(
-                f"target_entropy must broadcast to raw_scale's batch shape {tuple(batch)}, "
-                f"got shape {tuple(target_entropy.shape)}"
-            )
-        check_tensor_range("target_entropy", target_entropy, **bounds)
-    else:
-        check_range("target_entropy", target_entropy, **bounds)
+    _check_target_entropy(
+        target_entropy,
+        raw_scale.shape[:-1],
+        dim * h_max,
+        f"{dim} dims of truncated normals on [-1, 1] with log_std_max={log_std_max:g}",
+    )
     if checks_values(loc) and not bool((loc.detach().abs() <= 1.0).all()):
         raise ValueError("loc must lie in [-1, 1] (e.g. tanh of the mean), got NaN or beyond")
     budget = target_entropy - dim * h_max

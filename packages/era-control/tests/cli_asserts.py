@@ -1,0 +1,22 @@
+"""Assertions on the ``era-control`` command line shared by the CLI and fault tests."""
+
+from era_control.cli import main
+
+
+def exit_code(argv):
+    """``main``'s exit code, whether argparse (parse errors) or main itself returns it."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
+def one_line_error(capsys, *fragments):
+    """The convention: stderr is exactly one line ``error: ...`` naming the problem, no traceback."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "step/s" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+    return lines[0]
