@@ -6,7 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from era_core.entropy import TruncatedNormal
-from era_core.functional import truncated_gaussian_era, truncated_normal_entropy_bounds
+from era_core.functional import (
+    gaussian_era,
+    truncated_gaussian_era,
+    truncated_normal_entropy_bounds,
+)
 from era_core.nn import TruncatedGaussianERA
 
 
@@ -120,3 +124,31 @@ def test_module_matches_function_and_overrides_target():
     torch.testing.assert_close(module(loc, raw), truncated_gaussian_era(loc, raw, 0.5, -6.0, 0.0))
     torch.testing.assert_close(module(loc, raw, -1.0), truncated_gaussian_era(loc, raw, -1.0, -6.0))
     assert "target_entropy=0.5" in repr(module)
+
+
+def test_fixed_step_device_path_matches_early_exit(monkeypatch):
+    # Off CPU the solver runs a fixed number of steps (no host sync); it must reach the same root.
+    import era_core.functional as functional
+
+    generator = torch.Generator().manual_seed(1)
+    loc = torch.cat([torch.rand(500, 4, generator=generator) * 2 - 1, torch.ones(1, 4)])
+    raw = torch.randn(501, 4, generator=generator) * 3
+    target = torch.linspace(-20.0, 2.5, 501)
+    early = truncated_gaussian_era(loc, raw, target)
+    monkeypatch.setattr(functional, "checks_values", lambda tensor: False)
+    fixed = truncated_gaussian_era(loc, raw, target)
+    torch.testing.assert_close(fixed, early, rtol=0, atol=1e-6)
+
+
+def test_half_precision_tensor_target_keeps_the_floor():
+    # The budget (target - D h_max, here about -7) must not be rounded in the target's bf16.
+    generator = torch.Generator().manual_seed(2)
+    raw = torch.randn(64, 6, generator=generator).to(torch.bfloat16)
+    loc = (torch.rand(64, 6, generator=generator) * 2 - 1).to(torch.bfloat16)
+    target = torch.full((64,), -3.3).to(torch.bfloat16)
+    exact = truncated_gaussian_era(loc.double(), raw.double(), target.double())
+    half = truncated_gaussian_era(loc, raw, target)
+    assert bool((half.double() >= exact - 1e-6).all())
+    exact = gaussian_era(raw.double(), target.double() + 4.0)
+    half = gaussian_era(raw, target + 4.0)
+    assert bool((half.double() >= exact - 1e-6).all())
