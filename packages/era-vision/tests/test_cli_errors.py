@@ -117,6 +117,23 @@ def test_another_recipe_in_an_existing_out(tmp_path, capsys):
     assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["model"] == "mlp"
 
 
+def test_run_of_an_older_recipe_or_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *TINY, "--model", "mlp", "--epochs", "1", "--out", str(run)]
+    assert main(args) == 0
+    capsys.readouterr()
+    # A 0.1 run held no calibration images out: resuming it with the new default is refused.
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["config"]["calibration_holdout"]
+    torch.save(state, run / "checkpoint.pt")
+    assert "calibration_holdout=0.0 -> 0.05" in _error_line(capsys, args)
+    # An edited config.yaml with a field era-vision does not know is named with its file.
+    config = run / "config.yaml"
+    config.write_text(config.read_text() + "colour: blue\n")
+    line = _error_line(capsys, ["eval", str(run), "--device", "cpu"])
+    assert "colour" in line and "config.yaml" in line
+
+
 def test_out_not_writable(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     line = _error_line(

@@ -140,5 +140,16 @@ def save_config(config: Any, path: Path) -> None:
 
 
 def load_config(cls: type[C], path: Path) -> C:
-    """Read a config dataclass written by ``save_config``."""
-    return cls(**load_yaml(path))
+    """Read a config dataclass written by ``save_config``.
+
+    Raises:
+        UsageError: A field the dataclass does not have, or a value its checks refuse.
+    """
+    values = load_yaml(path)
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+    if unknown:
+        raise UsageError(f"unknown field(s) {', '.join(unknown)} ({path})")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"{error} ({path})") from error

@@ -76,6 +76,8 @@ def run_demo(cfg: DemoConfig) -> list[dict[str, Any]]:
                 log_every=10,
             )
             result = train(run)
+            if result["status"] == "interrupted":  # SIGINT/SIGTERM: the run saved, stop here
+                raise SystemExit(128 + result["signal"])
             # era: the floored head as trained and the plain softmax of the same logits; each
             # also temperature-scaled on held-out training images.
             rows += [{"regularizer": regularizer, **row} for row in result["metrics"]]

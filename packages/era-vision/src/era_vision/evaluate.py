@@ -86,7 +86,14 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         }
     else:
         weights = state["model"]
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:  # e.g. --data with another number of classes than the run's
+        first = str(error).splitlines()[1:2] or [str(error)]
+        raise UsageError(
+            f"the checkpoint does not fit {train_cfg.model} on this data: {first[0].strip()} "
+            f"(--data {cfg.data or train_cfg.data})"
+        ) from error
     test_set = AugmentedDataset(data.test, build_transform("none", data, train=False))
     _, holdout = split_holdout(train_data.train, train_cfg.calibration_holdout, train_cfg.seed)
     if holdout is not None:

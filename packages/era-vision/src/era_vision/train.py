@@ -472,6 +472,8 @@ RUNTIME_FIELDS = {
 
 def _check_same_recipe(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     defaults = TrainConfig()
+    # era-vision 0.1 held no calibration images out: its runs trained on the whole split.
+    saved = {"calibration_holdout": 0.0} | saved
     changed = [
         f"{f.name}={saved.get(f.name, getattr(defaults, f.name))!r} -> {getattr(cfg, f.name)!r}"
         for f in fields(cfg)
