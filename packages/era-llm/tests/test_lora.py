@@ -178,3 +178,14 @@ def test_lora_without_peft_says_how_to_install(monkeypatch, tiny_model_dir):
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
     with pytest.raises(UsageError, match=r"pip install 'era-llm\[lora\]' \(--lora-rank\)"):
         add_lora(load_model(str(tiny_model_dir)), 4, 8.0, ["all-linear"])
+
+
+def test_resume_cannot_change_what_the_checkpoint_was_built_for(
+    tiny_model_dir, addition_data, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", _parity_reward)
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, addition_data, out, max_steps=1, save_every=1))
+    for change in (dict(lora_rank=8), dict(lora_rank=0), dict(lora_alpha=16.0)):
+        with pytest.raises(UsageError, match="cannot change in a run with a checkpoint"):
+            train(_cfg(tiny_model_dir, addition_data, out, max_steps=2, resume=True, **change))

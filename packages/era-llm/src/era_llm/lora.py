@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from era_core.cli import UsageError
+from era_llm.errors import UsageError
 
 __all__ = ["ADAPTER_DIR", "add_lora", "is_lora", "merged_state_dict"]
 

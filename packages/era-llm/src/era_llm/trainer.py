@@ -510,6 +510,8 @@ class _StopSignal:
 
 # Flags that say how to treat an existing run rather than what the run is.
 _RUN_DIR_FLAGS = ("resume", "overwrite")
+# What a checkpoint's weights and adapter were built for: --resume cannot change these.
+_FIXED_ONCE_SAVED = ("model", "lora_rank", "lora_alpha", "lora_target_modules")
 
 
 def config_diff(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
@@ -567,6 +569,13 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path
             f"output_dir {str(run_dir)!r} holds a run with another config ({'; '.join(changes)}); "
             "add --resume to continue it with the new values, or --overwrite to start over"
         )
+    fixed = [change for change in changes if change.split(":")[0] in _FIXED_ONCE_SAVED]
+    if fixed and latest is not None:
+        raise UsageError(
+            f"output_dir {str(run_dir)!r}: {'; '.join(fixed)} cannot change in a run with a "
+            "checkpoint (its weights and adapter were built for the saved values); use "
+            "--overwrite to start over"
+        )
     if changes and dist.is_main and latest is not None:
         step = int(latest.name.split("-")[-1])
         shutil.copyfile(saved_path, run_dir / f"config.step-{step:08d}.yaml")
@@ -622,7 +631,8 @@ def train(cfg: TrainConfig) -> Path:
         enable_activation_checkpointing(model)
     if cfg.lora_rank:
         adapter = resume_from / ADAPTER_DIR if resume_from else None
-        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, adapter)
+        with _checkpoint_errors(resume_from):
+            model = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, adapter)
     model.train()
     ref_scorer = None
     if cfg.kl_coef > 0:
