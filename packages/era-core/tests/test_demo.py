@@ -16,3 +16,10 @@ def test_verdict_reports_a_broken_floor():
     assert demo.verdict(rows, 0.6, 1.5).endswith("held at every scale.")
     rows[2]["era_tight"] = 0.5
     assert demo.verdict(rows, 0.6, 1.5).endswith("were NOT held at every scale.")
+
+
+def test_infeasible_floor_is_one_line(tmp_path, capsys):
+    assert demo.main(["--classes", "10", "--min-entropy", "5", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--min-entropy" in err
+    assert not (tmp_path / "summary.md").exists()

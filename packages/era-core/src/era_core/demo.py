@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from era_core.cli import UsageError, debug_requested, report_usage_errors
 from era_core.entropy import categorical_entropy, gaussian_entropy
 from era_core.functional import gaussian_era, softmax_era
 
@@ -88,30 +89,42 @@ def summary_markdown(
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print the entropy of plain and ERA outputs over growing logit scales; write JSON and markdown."""
+def main(argv: list[str] | None = None) -> int:
+    """Print the entropy of plain and ERA outputs over growing logit scales; write JSON and markdown.
+
+    Returns the exit code: 2, with one ``error:`` line, for an infeasible ``--min-entropy``.
+    """
     parser = argparse.ArgumentParser(
         description="Entropy of plain and ERA outputs over growing logit scales."
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo/era-core"))
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--min-entropy", type=float, default=0.6)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of usage errors")
     args = parser.parse_args(argv)
     gaussian_target = 0.25 * ACTION_DIMS
-    results = measure(args.classes, args.min_entropy, gaussian_target)
-    markdown = summary_markdown(results, args.classes, args.min_entropy, gaussian_target)
-    print(markdown)
-    args.out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, object] = {
-        "min_entropy": args.min_entropy,
-        "classes": args.classes,
-        "gaussian_target": gaussian_target,
-        "rows": results,
-    }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (args.out / "summary.md").write_text(markdown)
-    print(f"wrote {args.out / 'summary.json'} and {args.out / 'summary.md'}")
+
+    def run() -> int:
+        try:
+            results = measure(args.classes, args.min_entropy, gaussian_target)
+        except ValueError as error:
+            raise UsageError(f"{error} (--classes, --min-entropy)") from error
+        markdown = summary_markdown(results, args.classes, args.min_entropy, gaussian_target)
+        print(markdown)
+        args.out.mkdir(parents=True, exist_ok=True)
+        summary: dict[str, object] = {
+            "min_entropy": args.min_entropy,
+            "classes": args.classes,
+            "gaussian_target": gaussian_target,
+            "rows": results,
+        }
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (args.out / "summary.md").write_text(markdown)
+        print(f"wrote {args.out / 'summary.json'} and {args.out / 'summary.md'}")
+        return 0
+
+    return report_usage_errors(run, debug=args.debug or debug_requested([]))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

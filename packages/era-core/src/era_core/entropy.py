@@ -102,8 +102,8 @@ class TruncatedNormal(Distribution):
         self._flip = alpha > 0
         self._lo = torch.where(self._flip, -beta, alpha)
         self._hi = torch.where(self._flip, -alpha, beta)
-        self._cdf_lo = _ndtr(self._lo)
-        self._mass = _ndtr(self._hi) - self._cdf_lo
+        self._cdf_lo = std_normal_cdf(self._lo)
+        self._mass = std_normal_cdf(self._hi) - self._cdf_lo
         self._log_mass = torch.log(self._mass)
         super().__init__(self.loc.shape, validate_args=validate_args)
 
@@ -117,7 +117,7 @@ class TruncatedNormal(Distribution):
         """``loc + scale * (phi(alpha) - phi(beta)) / Z``."""
         return (
             self.loc
-            + self.scale * (_std_normal_pdf(self._alpha) - _std_normal_pdf(self._beta)) / self._mass
+            + self.scale * (std_normal_pdf(self._alpha) - std_normal_pdf(self._beta)) / self._mass
         )
 
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:  # type: ignore[override]
@@ -149,7 +149,7 @@ class TruncatedNormal(Distribution):
 
     def entropy(self) -> Tensor:
         """Closed form: ``log(sqrt(2*pi*e) * scale * Z) + (alpha*phi(alpha) - beta*phi(beta)) / (2Z)``."""
-        tail = self._alpha * _std_normal_pdf(self._alpha) - self._beta * _std_normal_pdf(self._beta)
+        tail = self._alpha * std_normal_pdf(self._alpha) - self._beta * std_normal_pdf(self._beta)
         return (
             _GAUSSIAN_UNIT_ENTROPY
             + torch.log(self.scale)
@@ -158,7 +158,8 @@ class TruncatedNormal(Distribution):
         )
 
 
-def _ndtr(x: Tensor) -> Tensor:
+def std_normal_cdf(x: Tensor) -> Tensor:
+    """Phi(x), the standard normal CDF (shared with ``functional``'s truncated-normal floor)."""
     return cast(Tensor, torch.special.ndtr(x))  # pyright: ignore[reportUnknownMemberType]
 
 
@@ -166,7 +167,8 @@ def _ndtri(p: Tensor) -> Tensor:
     return cast(Tensor, torch.special.ndtri(p))  # pyright: ignore[reportUnknownMemberType]
 
 
-def _std_normal_pdf(x: Tensor) -> Tensor:
+def std_normal_pdf(x: Tensor) -> Tensor:
+    """phi(x), the standard normal density."""
     return torch.exp(-0.5 * x**2 - _LOG_SQRT_2PI)
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from era_core.entropy import _std_normal_pdf
+from era_core.entropy import std_normal_cdf, std_normal_pdf
 from era_core.validation import (
     check_dim,
     check_floating,
@@ -607,8 +607,8 @@ def _truncated_entropy_terms(log_std: Tensor, loc: Tensor) -> tuple[Tensor, Tens
     """
     sigma = log_std.exp()
     a, b = (-1.0 - loc) / sigma, (1.0 - loc) / sigma
-    pa, pb = _std_normal_pdf(a), _std_normal_pdf(b)
-    z = torch.special.ndtr(b) - torch.special.ndtr(a)
+    pa, pb = std_normal_pdf(a), std_normal_pdf(b)
+    z = std_normal_cdf(b) - std_normal_cdf(a)
     n = a * pa - b * pb
     p, m2, m3 = pa - pb, a * a * pa - b * b * pb, a**3 * pa - b**3 * pb
     entropy = _GAUSSIAN_UNIT_ENTROPY + log_std + torch.log(z) + n / (2 * z)
