@@ -79,8 +79,9 @@ class HFRollout:
             encoder_repetition_penalty=1.0,
             length_penalty=1.0,
             no_repeat_ngram_size=0,
+            # min_new_tokens stays None: with the model's own config set aside nothing fills it,
+            # and setting both makes transformers warn on every call.
             min_length=0,
-            min_new_tokens=0,
             guidance_scale=1.0,
             remove_invalid_values=False,
             renormalize_logits=False,
