@@ -98,14 +98,7 @@ def gaussian_era(
         raise ValueError(
             "raw_scale must have a last dimension of action dims D, got a 0-dim tensor"
         )
-    check_range(
-        "log_std_min",
-        log_std_min,
-        None,
-        log_std_max,
-        high_inclusive=False,
-        why=f"must be below log_std_max={log_std_max:g}",
-    )
+    _check_log_std_bounds(log_std_min, log_std_max)
     dim = raw_scale.shape[-1]
     max_entropy = dim * (log_std_max + _GAUSSIAN_UNIT_ENTROPY)
     _check_target_entropy(
@@ -122,6 +115,17 @@ def gaussian_era(
     weights = torch.softmax(raw_scale.to(compute_dtype(raw_scale)), dim=-1)
     log_std = (log_std_max + budget * weights).clamp(min=log_std_min)
     return _round_up_to(log_std, raw_scale.dtype)
+
+
+def _check_log_std_bounds(log_std_min: float, log_std_max: float) -> None:
+    check_range(
+        "log_std_min",
+        log_std_min,
+        None,
+        log_std_max,
+        high_inclusive=False,
+        why=f"must be below log_std_max={log_std_max:g}",
+    )
 
 
 def _check_target_entropy(
@@ -623,14 +627,7 @@ def truncated_normal_entropy_bounds(log_std_min: float, log_std_max: float) -> t
     The entropies of the centred truncated normals ``N(0, exp(log_std)^2)`` on ``[-1, 1]``
     with ``log_std = log_std_min`` and ``log_std_max``; ``h_max < log 2`` (the uniform's).
     """
-    check_range(
-        "log_std_min",
-        log_std_min,
-        None,
-        log_std_max,
-        high_inclusive=False,
-        why=f"must be below log_std_max={log_std_max:g}",
-    )
+    _check_log_std_bounds(log_std_min, log_std_max)
     bounds = torch.tensor([log_std_min, log_std_max], dtype=torch.float64)
     entropy, _, _ = _truncated_entropy_terms(bounds, torch.zeros_like(bounds))
     return float(entropy[0]), float(entropy[1])
