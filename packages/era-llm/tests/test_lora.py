@@ -1,6 +1,7 @@
 """LoRA adapters (PEFT) and bf16 weights: merged weights, frozen base, checkpoints, dtypes."""
 
 import copy
+import shutil
 import sys
 from types import SimpleNamespace
 
@@ -189,3 +190,17 @@ def test_resume_cannot_change_what_the_checkpoint_was_built_for(
     for change in (dict(lora_rank=8), dict(lora_rank=0), dict(lora_alpha=16.0)):
         with pytest.raises(UsageError, match="cannot change in a run with a checkpoint"):
             train(_cfg(tiny_model_dir, addition_data, out, max_steps=2, resume=True, **change))
+
+
+def test_resume_with_a_missing_base_model_names_the_model(
+    tiny_model_dir, addition_data, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", _parity_reward)
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    out = tmp_path / "run"
+    train(_cfg(base, addition_data, out, max_steps=1, save_every=1))
+    shutil.rmtree(base)
+    with pytest.raises(UsageError) as refused:
+        train(_cfg(base, addition_data, out, max_steps=2, save_every=1, resume=True))
+    assert str(base) in str(refused.value) and "checkpoint" not in str(refused.value)

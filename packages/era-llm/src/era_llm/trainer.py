@@ -625,8 +625,11 @@ def train(cfg: TrainConfig) -> Path:
     dtype = getattr(torch, cfg.param_dtype)
     with _checkpoint_errors(resume_from):
         tokenizer = load_tokenizer(start_path)
-        # LoRA resumes as the base model plus the checkpoint's adapter (its weights are merged).
-        model = load_model(cfg.model if cfg.lora_rank else start_path, load_device, dtype)
+    # LoRA resumes as the base model plus the checkpoint's adapter (its weights are merged), so
+    # a base model that cannot be loaded is the user's --model, not the checkpoint.
+    model_path = cfg.model if cfg.lora_rank else start_path
+    with _checkpoint_errors(resume_from if model_path == start_path else None):
+        model = load_model(model_path, load_device, dtype)
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
     if cfg.lora_rank:
