@@ -7,39 +7,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_runs import parity_reward, tiny_train_config
 
 from era_core.cli import UsageError
 from era_llm import rewards
 from era_llm.lora import ADAPTER_DIR, add_lora, is_lora, merged_state_dict
 from era_llm.policy import TokenScorer, load_model
-from era_llm.trainer import TrainConfig, train
+from era_llm.trainer import train
 
 pytest.importorskip("peft")
 
 
-def _parity_reward(completion, gold, **_):
-    return float(len(completion) % 2 == 0)
-
-
 def _cfg(model_dir, data, out, **overrides):
-    base = dict(
-        model=str(model_dir),
-        data=str(data),
-        output_dir=str(out),
-        max_steps=2,
-        prompts_per_step=4,
-        num_generations=4,
-        micro_batch_size=16,
-        max_new_tokens=6,
-        prompt_template="{prompt}",
-        lr=1e-2,
-        device="cpu",
-        save_every=10,
-        lora_rank=4,
-        lora_alpha=8.0,
-        dynamic_sampling=False,
-    )
-    return TrainConfig(**(base | overrides))
+    lora = dict(max_steps=2, lora_rank=4, lora_alpha=8.0, dynamic_sampling=False)
+    return tiny_train_config(model_dir, data, out, **(lora | overrides))
 
 
 def _lora_model(model_dir, targets=("all-linear",)):
@@ -92,7 +73,7 @@ def test_target_modules_choose_what_is_adapted(tiny_model_dir):
 def test_lora_training_freezes_the_base_and_checkpoints_merged_weights(
     tiny_model_dir, addition_data, tmp_path, monkeypatch, param_dtype
 ):
-    monkeypatch.setitem(rewards.REWARDS, "math-verify", _parity_reward)
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
     run = train(_cfg(tiny_model_dir, addition_data, tmp_path / "run", param_dtype=param_dtype))
     dtype = getattr(torch, param_dtype)
     checkpoint = run / "checkpoints" / "step-00000002"
@@ -120,7 +101,7 @@ def test_lora_training_freezes_the_base_and_checkpoints_merged_weights(
 def test_bf16_weights_keep_weights_and_adam_state_in_bf16(
     tiny_model_dir, addition_data, tmp_path, monkeypatch
 ):
-    monkeypatch.setitem(rewards.REWARDS, "math-verify", _parity_reward)
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
     run = train(
         _cfg(tiny_model_dir, addition_data, tmp_path / "run", lora_rank=0, param_dtype="bfloat16")
     )
@@ -184,7 +165,7 @@ def test_lora_without_peft_says_how_to_install(monkeypatch, tiny_model_dir):
 def test_resume_cannot_change_what_the_checkpoint_was_built_for(
     tiny_model_dir, addition_data, tmp_path, monkeypatch
 ):
-    monkeypatch.setitem(rewards.REWARDS, "math-verify", _parity_reward)
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
     out = tmp_path / "run"
     train(_cfg(tiny_model_dir, addition_data, out, max_steps=1, save_every=1))
     for change in (dict(lora_rank=8), dict(lora_rank=0), dict(lora_alpha=16.0)):
@@ -195,7 +176,7 @@ def test_resume_cannot_change_what_the_checkpoint_was_built_for(
 def test_resume_with_a_missing_base_model_names_the_model(
     tiny_model_dir, addition_data, tmp_path, monkeypatch
 ):
-    monkeypatch.setitem(rewards.REWARDS, "math-verify", _parity_reward)
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
     base = tmp_path / "base"
     shutil.copytree(tiny_model_dir, base)
     out = tmp_path / "run"

@@ -6,6 +6,7 @@ import signal
 
 import pytest
 import torch
+from tiny_runs import parity_reward, tiny_train_config
 
 from era_llm import rewards
 from era_llm.cli import main
@@ -15,35 +16,12 @@ from era_llm.errors import UsageError
 from era_llm.losses import LOSSES
 from era_llm.metrics import read_metrics
 from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
-from era_llm.trainer import Groups, TrainConfig, collate, collect_groups, train, update_policy
-
-
-def parity_reward(completion: str, gold: str, **_) -> float:
-    """A reward a random tiny model earns about half the time, so groups carry signal."""
-    return float(len(completion) % 2 == 0)
+from era_llm.trainer import Groups, collate, collect_groups, train, update_policy
 
 
 @pytest.fixture
 def parity(monkeypatch):
     monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
-
-
-def _cfg(model_dir, data, out, **overrides):
-    base = dict(
-        model=str(model_dir),
-        data=str(data),
-        output_dir=str(out),
-        max_steps=3,
-        prompts_per_step=4,
-        num_generations=4,
-        micro_batch_size=16,
-        max_new_tokens=6,
-        prompt_template="{prompt}",
-        lr=1e-2,
-        device="cpu",
-        save_every=10,
-    )
-    return TrainConfig(**(base | overrides))
 
 
 @pytest.mark.parametrize(
@@ -58,7 +36,7 @@ def _cfg(model_dir, data, out, **overrides):
 )
 def test_train_config_refuses_bad_values(overrides, message):
     with pytest.raises(ValueError, match=message):
-        _cfg("m", "d", "o", **overrides)
+        tiny_train_config("m", "d", "o", **overrides)
 
 
 def test_collate_layout():
@@ -97,7 +75,9 @@ def test_dynamic_sampling_keeps_informative_groups(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     prompts = [[t] for t in (4, 5, 6, 7, 8, 9)]
     answers = [tokenizer.decode(p) for p in prompts]
-    cfg = _cfg("m", "d", "o", prompts_per_step=2, num_generations=4, max_sampling_rounds=10)
+    cfg = tiny_train_config(
+        "m", "d", "o", prompts_per_step=2, num_generations=4, max_sampling_rounds=10
+    )
     groups = collect_groups(
         ScriptedRollout(), prompts, answers, PromptSampler(6, 0), tokenizer, _exact_reward, cfg
     )
@@ -111,7 +91,9 @@ def test_dynamic_sampling_tops_up_when_rounds_run_out(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     prompts = [[t] for t in (4, 6, 8)]  # every group uninformative
     answers = [tokenizer.decode(p) for p in prompts]
-    cfg = _cfg("m", "d", "o", prompts_per_step=2, num_generations=2, max_sampling_rounds=2)
+    cfg = tiny_train_config(
+        "m", "d", "o", prompts_per_step=2, num_generations=2, max_sampling_rounds=2
+    )
     groups = collect_groups(
         ScriptedRollout(), prompts, answers, PromptSampler(3, 0), tokenizer, _exact_reward, cfg
     )
@@ -128,7 +110,7 @@ def test_dynamic_sampling_without_a_cap_stops_when_no_group_can_be_informative(t
     tokenizer = load_tokenizer(str(tiny_model_dir))
     prompts = [[t] for t in (4, 6, 8)]  # every group uninformative, every reward 1
     answers = [tokenizer.decode(p) for p in prompts]
-    cfg = _cfg("m", "d", "o", prompts_per_step=2, num_generations=2)
+    cfg = tiny_train_config("m", "d", "o", prompts_per_step=2, num_generations=2)
     with pytest.raises(UsageError, match=r"4 prompts sampled in 2 rounds and no group"):
         collect_groups(
             ScriptedRollout(), prompts, answers, PromptSampler(3, 0), tokenizer, _exact_reward, cfg
@@ -140,7 +122,7 @@ def test_dynamic_sampling_samples_until_the_batch_is_full(tiny_model_dir):
     # One prompt in ten is informative; four are needed: many rounds, no cap by default.
     prompts = [[t] for t in (5, 4, 6, 8, 10, 12, 14, 16, 18, 20)]
     answers = [tokenizer.decode(p) for p in prompts]
-    cfg = _cfg("m", "d", "o", prompts_per_step=4, num_generations=2)
+    cfg = tiny_train_config("m", "d", "o", prompts_per_step=4, num_generations=2)
     assert cfg.max_sampling_rounds is None
     groups = collect_groups(
         ScriptedRollout(), prompts, answers, PromptSampler(10, 0), tokenizer, _exact_reward, cfg
@@ -166,7 +148,9 @@ def test_top_up_groups_change_nothing(tiny_model_dir, algo):
     models = [copy.deepcopy(base) for _ in range(2)]
     for model, batch in zip(models, (groups, padded), strict=True):
         torch.manual_seed(0)
-        cfg = _cfg("m", "d", "o", algo=algo, entropy_coef=0.1, prompts_per_step=len(batch.prompts))
+        cfg = tiny_train_config(
+            "m", "d", "o", algo=algo, entropy_coef=0.1, prompts_per_step=len(batch.prompts)
+        )
         _update(model, cfg, batch)
     for p0, p1 in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(p1, p0, atol=1e-6, rtol=1e-5)
@@ -211,7 +195,9 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, aggregation
         torch.manual_seed(0)
         _update(
             model,
-            _cfg("m", "d", "o", algo="grpo", micro_batch_size=micro, aggregation=aggregation),
+            tiny_train_config(
+                "m", "d", "o", algo="grpo", micro_batch_size=micro, aggregation=aggregation
+            ),
             _groups(),
         )
     changed = False
@@ -229,7 +215,9 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir):
     enable_activation_checkpointing(models[1])
     for model in models:
         torch.manual_seed(0)
-        _update(model, _cfg("m", "d", "o", algo="grpo-era", micro_batch_size=4), _groups())
+        _update(
+            model, tiny_train_config("m", "d", "o", algo="grpo-era", micro_batch_size=4), _groups()
+        )
     for p0, p1 in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(p0, p1)
 
@@ -240,19 +228,23 @@ def test_aggregation_modes_give_different_updates(tiny_model_dir):
     for aggregation in ("token-mean", "seq-mean-token-mean"):
         model = copy.deepcopy(base)
         torch.manual_seed(0)
-        _update(model, _cfg("m", "d", "o", algo="grpo", aggregation=aggregation), _groups())
+        _update(
+            model, tiny_train_config("m", "d", "o", algo="grpo", aggregation=aggregation), _groups()
+        )
         updated.append(model.get_output_embeddings().weight)
     assert not torch.allclose(*updated)
 
 
 def test_on_policy_update_never_clips(tiny_model_dir):
-    metrics = _update(load_model(str(tiny_model_dir)), _cfg("m", "d", "o", algo="grpo"), _groups())
+    metrics = _update(
+        load_model(str(tiny_model_dir)), tiny_train_config("m", "d", "o", algo="grpo"), _groups()
+    )
     assert metrics["loss/clip_frac"] == 0.0
 
 
 def test_era_sharpens_every_positive_response_below_the_floor(tiny_model_dir):
     groups = _groups()
-    cfg = _cfg("m", "d", "o", algo="grpo-era", era_omega_low=10.0, era_omega_high=20.0)
+    cfg = tiny_train_config("m", "d", "o", algo="grpo-era", era_omega_low=10.0, era_omega_high=20.0)
     metrics = _update(load_model(str(tiny_model_dir)), cfg, groups)
     positive = (groups.rewards - groups.rewards.mean(1, keepdim=True) > 0).float().mean().item()
     assert metrics["era/sharpened_frac"] == pytest.approx(positive)
@@ -260,7 +252,9 @@ def test_era_sharpens_every_positive_response_below_the_floor(tiny_model_dir):
 
 
 def test_minibatches_and_kl_run(tiny_model_dir):
-    cfg = _cfg("m", "d", "o", algo="grpo", num_minibatches=2, micro_batch_size=4, kl_coef=0.1)
+    cfg = tiny_train_config(
+        "m", "d", "o", algo="grpo", num_minibatches=2, micro_batch_size=4, kl_coef=0.1
+    )
     model = load_model(str(tiny_model_dir))
     ref = TokenScorer(copy.deepcopy(model).requires_grad_(False))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -356,7 +350,7 @@ def test_sigterm_then_resume_equals_uninterrupted(
         dynamic_sampling=False,
     )
     monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
-    train(_cfg(tiny_model_dir, addition_data, tmp_path / "a", **overrides))
+    train(tiny_train_config(tiny_model_dir, addition_data, tmp_path / "a", **overrides))
 
     calls = []
 
@@ -368,11 +362,11 @@ def test_sigterm_then_resume_equals_uninterrupted(
 
     monkeypatch.setitem(rewards.REWARDS, "math-verify", interrupting_reward)
     with pytest.raises(SystemExit) as stopped:
-        train(_cfg(tiny_model_dir, addition_data, tmp_path / "b", **overrides))
+        train(tiny_train_config(tiny_model_dir, addition_data, tmp_path / "b", **overrides))
     assert stopped.value.code == 128 + signal.SIGTERM
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text() == "step-00000002"
     monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
-    train(_cfg(tiny_model_dir, addition_data, tmp_path / "b", **overrides))
+    train(tiny_train_config(tiny_model_dir, addition_data, tmp_path / "b", **overrides))
 
     a = _parameters(tmp_path / "a" / "checkpoints" / "step-00000004")
     b = _parameters(tmp_path / "b" / "checkpoints" / "step-00000004")
@@ -472,7 +466,7 @@ def test_a_corrupt_checkpoint_is_reported(tmp_path, capsys, train_argv, parity):
 @pytest.mark.gpu
 def test_bf16_training_step_on_cuda(tiny_model_dir, addition_data, tmp_path, parity):
     out = train(
-        _cfg(
+        tiny_train_config(
             tiny_model_dir,
             addition_data,
             tmp_path,
