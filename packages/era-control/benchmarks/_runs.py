@@ -2,10 +2,13 @@
 
 A run directory is ``<out>/runs/<task>__<arm>__<steps>``. Re-running a benchmark resumes
 unfinished runs from their checkpoints, restarts runs killed before their first checkpoint
-and skips finished ones, so a long table can be built over several sessions.
+and skips finished ones, so a long table can be built over several sessions. A SAC run
+that has not started continues a copy of the longest finished shorter run of its (task,
+arm) instead (``train sac --resume --steps``, which equals a fresh run of the longer budget).
 """
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -33,14 +36,31 @@ def steps_done(path: Path) -> int:
     return int(checkpoint.load(ckpt)["step"]) if ckpt.exists() else 0
 
 
+def shorter_finished_run(path: Path) -> Path | None:
+    """The finished run of the same (task, arm) with the most steps below ``path``'s budget."""
+    prefix, steps = path.name.rsplit("__", 1)
+    budgets = [
+        int(p.name.rsplit("__", 1)[1]) for p in path.parent.glob(f"{prefix}__*") if p.is_dir()
+    ]
+    for budget in sorted((b for b in budgets if b < int(steps)), reverse=True):
+        shorter = path.with_name(f"{prefix}__{budget}")
+        if steps_done(shorter) >= budget:
+            return shorter
+    return None
+
+
 def command(algo: str, path: Path, steps: int, flags: Sequence[str]) -> list[str] | None:
     """The CLI call that starts (``flags``), resumes or, when finished, skips (``None``) a run."""
     cli = [sys.executable, "-m", "era_control.cli", "train", algo]
     done = steps_done(path)
     if done >= steps:
         return None
+    if done == 0 and algo == "sac" and (shorter := shorter_finished_run(path)) is not None:
+        shutil.rmtree(path, ignore_errors=True)  # a start killed before its first checkpoint
+        shutil.copytree(shorter, path)
+        done = steps_done(path)
     if done > 0:
-        return [*cli, "--resume", str(path)]
+        return [*cli, "--resume", str(path), *(["--steps", str(steps)] if algo == "sac" else [])]
     # Never checkpointed (or never started): start afresh; the CLI reuses such a folder.
     return [*cli, *flags, "--steps", str(steps), "--out", str(path.parent), "--run-name", path.name]
 

@@ -47,6 +47,22 @@ def test_state_dict_round_trip_continues_identically():
     torch.testing.assert_close(buffer.sample(8, gens_a).obs, restored.sample(8, gens_b).obs)
 
 
+def test_full_buffer_restored_into_a_larger_one_appends_after_its_last_transition():
+    small, large, fresh = (
+        ReplayBuffer(10, 1, 3, 1),
+        ReplayBuffer(20, 1, 3, 1),
+        ReplayBuffer(20, 1, 3, 1),
+    )
+    fill(small, 10, seeds=1)  # exactly full: its write position wrapped to 0
+    large.load_state_dict(small.state_dict())
+    fill(fresh, 10, seeds=1)
+    for buffer in (large, fresh):
+        buffer.add(*(np.full((1, n), 99.0) for n in (3, 1)), np.full(1, 99.0),
+                   np.full((1, 3), 99.0), np.zeros(1))  # fmt: skip
+    torch.testing.assert_close(large.state_dict()["reward"], fresh.state_dict()["reward"])
+    assert len(large) == 11
+
+
 def test_empty_and_bad_capacity():
     with pytest.raises(ValueError, match="capacity"):
         ReplayBuffer(0, 1, 3, 1)

@@ -127,8 +127,40 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
 def test_resume_takes_no_other_flags(tmp_path, capsys):
     _, run_dir = train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "100")
     capsys.readouterr()
-    assert exit_code(["train", "sac", "--resume", str(run_dir), "--steps", "500"]) == 2
-    one_line_error(capsys, "--resume continues the saved config")
+    assert exit_code(["train", "sac", "--resume", str(run_dir), "--gamma", "0.9"]) == 2
+    one_line_error(capsys, "--resume continues the saved config", "gamma")
+
+
+@pytest.mark.parametrize("era", ["--era", "--no-era"])
+def test_extended_run_equals_a_fresh_run_of_the_longer_budget(tmp_path, era):
+    flags = ["--env", "InvertedPendulum-v5", "--seeds", "2", era]
+    assert train(tmp_path, "fresh", *flags)[0] == 0  # TINY: 300 steps
+    code, run_dir = train(tmp_path, "extended", *flags, "--steps", "150")
+    assert code == 0
+    assert main(["train", "sac", "--resume", str(run_dir), "--steps", "300"]) == 0
+
+    fresh = checkpoint.load(tmp_path / "fresh" / "checkpoint.pt")
+    extended = checkpoint.load(run_dir / "checkpoint.pt")
+    assert extended["step"] == fresh["step"] == 300
+    assert set(fresh["agent"]) == set(extended["agent"])
+    for key, value in fresh["agent"].items():
+        torch.testing.assert_close(extended["agent"][key], value, rtol=0, atol=0, msg=key)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["steps"] == 300
+    # Resuming again needs no flag: config.yaml and the checkpoint agree on the new budget.
+    assert main(["train", "sac", "--resume", str(run_dir)]) == 0
+
+
+def test_extension_is_refused_below_the_steps_done_and_for_ppo(tmp_path, capsys):
+    _, run_dir = train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "100")
+    capsys.readouterr()
+    assert exit_code(["train", "sac", "--resume", str(run_dir), "--steps", "50"]) == 2
+    one_line_error(capsys, "--steps must be at least the 100 steps already done, got 50")
+    ppo = ["train", "ppo", "--env", "Pendulum-v1", "--steps", "64", "--num-steps", "32", "--num-minibatches", "4",
+           "--hidden", "8", "--no-tensorboard", "--out", str(tmp_path), "--run-name", "ppo"]  # fmt: skip
+    assert main(ppo) == 0
+    capsys.readouterr()
+    assert exit_code(["train", "ppo", "--resume", str(tmp_path / "ppo"), "--steps", "128"]) == 2
+    one_line_error(capsys, "--steps cannot change on --resume of a ppo run")
 
 
 class InterruptAfter(checkpoint.StopSignal):

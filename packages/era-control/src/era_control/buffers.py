@@ -103,11 +103,16 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore from :meth:`state_dict`; the capacity must be the same."""
+        """Restore from :meth:`state_dict` into a buffer at least as large.
+
+        A larger buffer (a run extended to more steps) continues where a fresh one of its
+        size would: a buffer that is not full writes next after its last transition.
+        """
         if state["size"] > self.capacity:
             raise ValueError(
                 f"saved buffer holds {state['size']} transitions, capacity is {self.capacity}"
             )
-        self.pos, self.size = state["pos"], state["size"]
+        self.size = state["size"]
+        self.pos = state["pos"] if self.size == self.capacity else self.size
         for key, value in self.storage.items():
             value[: self.size] = state[key].to(self.device)

@@ -1,6 +1,6 @@
 """Checkpoints that survive crashes and signals.
 
-- :func:`save` writes to a temporary file in the same directory, fsyncs it and renames it
+- :func:`save` (and :func:`write_atomically`, for any file a resume reads) writes to a temporary file in the same directory, fsyncs it and renames it
   over the old checkpoint (``os.replace`` is atomic), so a checkpoint is never half written.
 - :class:`StopSignal` turns the first SIGINT/SIGTERM into a flag the training loop checks
   between steps: the loop then saves and exits cleanly. A second signal stops at once.
@@ -9,34 +9,40 @@
 import os
 import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import yaml
 
 from era_core.cli import UsageError
 
-__all__ = ["StopSignal", "load", "note_resume", "save"]
+__all__ = ["StopSignal", "load", "note_resume", "save", "write_atomically"]
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-def save(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (anything ``torch.save`` can store) to ``path``."""
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, fsync it and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:
-            torch.save(state, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomically write ``state`` (anything ``torch.save`` can store) to ``path``."""
+    write_atomically(path, lambda file: torch.save(state, file))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

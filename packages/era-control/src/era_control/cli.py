@@ -47,9 +47,13 @@ def _train(args: argparse.Namespace) -> int:
         print(f"run directory: {run_dir}")
         return spec.train(cfg, run_dir, False)
     given = sorted(f.name for f in dataclasses.fields(spec.config) if hasattr(args, f.name))
+    steps = getattr(args, "steps", None)
+    if steps is not None:
+        given.remove("steps")
     if given or args.config is not None or getattr(args, "preset", None) is not None:
         raise UsageError(
-            f"--resume continues the saved config; drop {given or ['--config/--preset']}"
+            "--resume continues the saved config (only --steps may extend it); "
+            f"drop {given or ['--config/--preset']}"
         )
     run_dir = Path(args.resume)
     algo, _, cfg = load_run(run_dir)
@@ -57,15 +61,38 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{str(run_dir)!r} is a {algo} run: resume it with `train {algo} --resume`"
         )
-    saved = checkpoint.load(run_dir / "checkpoint.pt")["config"]
+    state = checkpoint.load(run_dir / "checkpoint.pt")
+    # `steps` is the one field a resume may change (an extension killed before its first
+    # checkpoint leaves config.yaml ahead of the checkpoint).
+    saved = {**state["config"], "steps": cfg.steps} if spec.extendable else state["config"]
     edited = sorted(k for k, v in config.to_dict(cfg).items() if saved.get(k) != v)
     if edited:
         raise UsageError(
             f"{str(run_dir / 'config.yaml')!r} was edited since the checkpoint ({edited}); "
             "restore it, or start a new run with --config"
         )
+    if steps is not None and steps != cfg.steps:
+        cfg = _extend(run_dir, algo, cfg, steps, int(state["step"]))
     _check_device(cfg.device)
     return spec.train(cfg, run_dir, True)
+
+
+def _extend(
+    run_dir: Path, algo: str, cfg: config.RunConfig, steps: int, done: int
+) -> config.RunConfig:
+    """``cfg`` with the budget ``steps``, also written to the run's ``config.yaml``."""
+    if not ALGORITHMS[algo].extendable:
+        raise UsageError(
+            f"--steps cannot change on --resume of a {algo} run: its schedule spans the whole "
+            "budget; start a new run"
+        )
+    if steps < done:
+        raise UsageError(f"--steps must be at least the {done} steps already done, got {steps}")
+    with _user_input():
+        cfg = dataclasses.replace(cfg, steps=steps)
+    config.save_yaml(cfg, run_dir / "config.yaml")
+    print(f"extending {run_dir} to {steps} steps")
+    return cfg
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -123,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--resume",
             metavar="RUN_DIR",
-            help="continue a run from its checkpoint (no other flags)",
+            help="continue a run from its checkpoint (no other flags but --steps, to extend a "
+            "SAC run: the result equals a fresh run of that many steps)",
         )
         config.add_arguments(sub, spec.config, spec.presets)
         _add_debug(sub)

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar, Union
 import torch
 import yaml
 
+from era_control import checkpoint
 from era_control.envs import resolve_env_id
 from era_core.validation import check_range
 
@@ -181,8 +182,9 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_yaml(config: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (kept next to the run's checkpoints)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write the resolved config as YAML (kept next to the run's checkpoints), atomically."""
+    text = yaml.safe_dump(to_dict(config), sort_keys=False).encode()
+    checkpoint.write_atomically(path, lambda file: file.write(text))
 
 
 def load_yaml(cls: type[C], path: str | Path) -> C:

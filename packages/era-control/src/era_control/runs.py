@@ -28,11 +28,15 @@ class Algorithm:
     presets: dict[str, dict[str, Any]]
     train: Callable[[Any, Path, bool], int]
     evaluation_policy: Callable[[Any, dict[str, Any], Any], Callable[[np.ndarray], np.ndarray]]
+    # Whether `--resume --steps N` continues a run to N steps exactly as a fresh N-step run
+    # would (nothing in training depends on the total budget).
+    extendable: bool
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "sac": Algorithm(sac.SACConfig, sac.PRESETS, sac.train, sac.evaluation_policy),
-    "ppo": Algorithm(ppo.PPOConfig, ppo.PRESETS, ppo.train, ppo.evaluation_policy),
+    "sac": Algorithm(sac.SACConfig, sac.PRESETS, sac.train, sac.evaluation_policy, True),
+    # PPO's learning-rate annealing spans the whole budget.
+    "ppo": Algorithm(ppo.PPOConfig, ppo.PRESETS, ppo.train, ppo.evaluation_policy, False),
 }
 
 
