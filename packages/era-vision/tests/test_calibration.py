@@ -3,7 +3,12 @@ import torch
 from torch import nn
 
 from era_core.entropy import categorical_entropy
-from era_vision.calibration import evaluate_heads, fit_temperature, head_logits
+from era_vision.calibration import (
+    TEMPERATURE_RANGE,
+    evaluate_heads,
+    fit_temperature,
+    head_logits,
+)
 from era_vision.data import TensorImages, split_holdout, stratified_split
 from era_vision.distributed import Dist
 from era_vision.era import with_era
@@ -19,6 +24,18 @@ def test_fit_temperature_recovers_a_known_temperature(true_t):
     # Labels drawn from softmax(logits / T): the NLL-optimal temperature is T.
     labels = torch.multinomial((logits / true_t).softmax(-1), 1, generator=generator).squeeze(1)
     assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
+
+
+def test_fit_temperature_without_held_out_errors_stops_at_the_range_and_warns():
+    labels = torch.arange(200) % 10
+    logits = (
+        4 * torch.nn.functional.one_hot(labels, 10).double()
+    )  # all correct: NLL falls as T -> 0
+    with pytest.warns(UserWarning, match=r"beyond 0.05 \(0 of 200 held-out"):
+        assert fit_temperature(logits, labels) == TEMPERATURE_RANGE[0]
+    flipped = torch.roll(labels, 1)  # all wrong: the NLL falls as T grows
+    with pytest.warns(UserWarning, match="200 of 200"):
+        assert fit_temperature(logits, flipped) == TEMPERATURE_RANGE[1]
 
 
 def test_fit_temperature_refuses_no_samples():
@@ -52,10 +69,13 @@ def test_split_holdout_never_shares_an_image_with_training():
         split_holdout(data, 0.6, seed=0)
 
 
-def _dataset(n: int, seed: int) -> TensorImages:
+def _dataset(n: int, seed: int, teacher: nn.Module) -> TensorImages:
+    """Labels drawn from softmax(2 * teacher logits): the teacher's plain NLL-optimal T is 0.5."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=generator)
-    return TensorImages(images, torch.randint(0, 5, (n,), generator=generator))
+    with torch.no_grad():
+        probs = (2 * teacher(images.float())).softmax(-1)
+    return TensorImages(images, torch.multinomial(probs, 1, generator=generator).squeeze(1))
 
 
 class _Net(nn.Module):
@@ -69,7 +89,7 @@ class _Net(nn.Module):
 
 def test_evaluate_heads_era_model_has_both_heads_before_and_after_scaling():
     model = with_era(_Net(), min_entropy=0.8)
-    test, holdout = _dataset(300, 0), _dataset(200, 1)
+    test, holdout = _dataset(300, 0, model.model), _dataset(200, 1, model.model)
     evaluation = evaluate_heads(model, test, holdout, CPU, batch_size=64)
     keys = [(r["head"], r["calibrated"]) for r in evaluation.rows]
     assert keys == [("era", False), ("era", True), ("plain", False), ("plain", True)]
@@ -105,13 +125,14 @@ def test_evaluate_heads_era_model_has_both_heads_before_and_after_scaling():
 
 
 def test_evaluate_heads_without_era_or_holdout():
-    evaluation = evaluate_heads(_Net(), _dataset(100, 0), _dataset(50, 1), CPU)
+    net = _Net()
+    evaluation = evaluate_heads(net, _dataset(100, 0, net), _dataset(50, 1, net), CPU)
     assert [(r["head"], r["calibrated"]) for r in evaluation.rows] == [
         ("plain", False),
         ("plain", True),
     ]
     with pytest.raises(KeyError, match="era"):
         evaluation.row("era")
-    bare = evaluate_heads(with_era(_Net(), 0.8), _dataset(100, 0), None, CPU)
+    bare = evaluate_heads(with_era(net, 0.8), _dataset(100, 0, net), None, CPU)
     assert [(r["head"], r["calibrated"]) for r in bare.rows] == [("era", False), ("plain", False)]
     assert bare.temperatures == {} and bare.holdout_size == 0

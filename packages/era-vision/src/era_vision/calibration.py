@@ -14,11 +14,12 @@ logits ``era(z)``; a ``T < 1`` sharpens the distribution, so the calibrated era 
 keeps the floor.
 """
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -26,7 +27,14 @@ from era_vision.distributed import Dist
 from era_vision.era import ERAClassifier
 from era_vision.metrics import ClassificationMetrics
 
-__all__ = ["Evaluation", "collect_logits", "evaluate_heads", "fit_temperature", "head_logits"]
+__all__ = [
+    "TEMPERATURE_RANGE",
+    "Evaluation",
+    "collect_logits",
+    "evaluate_heads",
+    "fit_temperature",
+    "head_logits",
+]
 
 
 def head_logits(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
@@ -42,35 +50,52 @@ def head_logits(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
     return {"plain": model(images).float()}
 
 
-def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -> float:
-    """The temperature ``T`` that minimises ``NLL(softmax(logits / T), labels)``.
+TEMPERATURE_RANGE = (0.05, 20.0)
 
-    LBFGS on ``log T`` (so ``T`` stays positive), in float64. If every sample is classified
-    correctly the NLL keeps falling as ``T -> 0`` and the fit returns a small ``T``.
+
+def fit_temperature(logits: Tensor, labels: Tensor, iterations: int = 60) -> float:
+    """The temperature ``T`` in :data:`TEMPERATURE_RANGE` that minimises ``NLL(softmax(logits / T), labels)``.
+
+    The NLL is convex in ``beta = 1 / T``, with derivative ``mean(E_p[z] - z_label)`` increasing
+    in ``beta``, so bisection on the derivative's sign (over ``log beta``, in float64) finds the
+    optimum within the range, or the end nearer to an optimum outside it. The latter happens
+    when every held-out sample is classified correctly (the NLL keeps falling as ``T -> 0``) or
+    when the logits carry no information; it is reported as a warning.
 
     Args:
         logits: ``(n, classes)`` logits of a held-out split.
         labels: ``(n,)`` class indices.
-        max_iter: LBFGS iterations.
+        iterations: Bisection steps (60 resolve ``log T`` to about 1e-17).
 
     Returns:
-        ``T > 0``.
+        ``T`` within :data:`TEMPERATURE_RANGE`.
     """
     if len(labels) == 0:
         raise ValueError("fit_temperature needs at least one held-out sample")
     logits, labels = logits.detach().double().cpu(), labels.cpu()
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+    # Relative to the label's logit, so that a slope of 1e-35 does not round to 0 against 1.
+    margins = logits - logits.gather(1, labels[:, None])
 
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
+    def slope(log_beta: float) -> float:
+        probs = (logits * math.exp(log_beta)).softmax(-1)
+        return (probs * margins).sum(-1).mean().item()
 
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return log_t.exp().item()
+    low, high = TEMPERATURE_RANGE
+    lo, hi = -math.log(high), -math.log(low)  # log beta
+    if slope(hi) < 0 or slope(lo) > 0:
+        temperature = low if slope(hi) < 0 else high
+        errors = int((logits.argmax(-1) != labels).sum())
+        warnings.warn(
+            f"temperature scaling: the NLL-optimal T is beyond {temperature} ({errors} of "
+            f"{len(labels)} held-out samples misclassified); using T = {temperature}. "
+            "A larger --calibration-holdout gives a better-determined T.",
+            stacklevel=2,
+        )
+        return temperature
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    return math.exp(-(lo + hi) / 2)
 
 
 @torch.no_grad()
