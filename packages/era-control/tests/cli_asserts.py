@@ -1,5 +1,8 @@
-"""Assertions on the ``era-control`` command line shared by the CLI and fault tests."""
+"""Assertions on the ``era-control`` command line shared by the CLI, PPO and fault tests."""
 
+import torch
+
+from era_control import checkpoint
 from era_control.cli import main
 
 
@@ -20,3 +23,14 @@ def one_line_error(capsys, *fragments):
     for fragment in fragments:
         assert fragment in lines[0], err
     return lines[0]
+
+
+def same_agent(expected_run, run, step):
+    """Both runs' checkpoints are at ``step`` with bit-identical agents; returns them loaded."""
+    expected = checkpoint.load(expected_run / "checkpoint.pt")
+    actual = checkpoint.load(run / "checkpoint.pt")
+    assert actual["step"] == expected["step"] == step
+    assert set(expected["agent"]) == set(actual["agent"])
+    for key, value in expected["agent"].items():
+        torch.testing.assert_close(actual["agent"][key], value, rtol=0, atol=0, msg=key)
+    return expected, actual

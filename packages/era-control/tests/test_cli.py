@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import yaml
-from cli_asserts import exit_code, one_line_error
+from cli_asserts import exit_code, one_line_error, same_agent
 
 from era_control import checkpoint
 from era_control.cli import main
@@ -139,12 +139,7 @@ def test_extended_run_equals_a_fresh_run_of_the_longer_budget(tmp_path, era):
     assert code == 0
     assert main(["train", "sac", "--resume", str(run_dir), "--steps", "300"]) == 0
 
-    fresh = checkpoint.load(tmp_path / "fresh" / "checkpoint.pt")
-    extended = checkpoint.load(run_dir / "checkpoint.pt")
-    assert extended["step"] == fresh["step"] == 300
-    assert set(fresh["agent"]) == set(extended["agent"])
-    for key, value in fresh["agent"].items():
-        torch.testing.assert_close(extended["agent"][key], value, rtol=0, atol=0, msg=key)
+    same_agent(tmp_path / "fresh", run_dir, step=300)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["steps"] == 300
     # Resuming again needs no flag: config.yaml and the checkpoint agree on the new budget.
     assert main(["train", "sac", "--resume", str(run_dir)]) == 0
@@ -192,12 +187,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, era
     monkeypatch.undo()
     assert main(["train", "sac", "--resume", str(run_dir)]) == 0
 
-    full = checkpoint.load(tmp_path / "full" / "checkpoint.pt")
-    resumed = checkpoint.load(run_dir / "checkpoint.pt")
-    assert resumed["step"] == full["step"] == 300
-    for key, value in full["agent"].items():
-        torch.testing.assert_close(resumed["agent"][key], value, rtol=0, atol=0, msg=key)
-    assert set(full["agent"]) == set(resumed["agent"])
+    same_agent(tmp_path / "full", run_dir, step=300)
     # The logged history is the same too (rows after the interruption were replaced).
     assert (run_dir / "metrics.csv").read_text().count("eval/return") == 2 * 2
 
