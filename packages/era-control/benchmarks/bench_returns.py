@@ -67,9 +67,15 @@ def main() -> None:
         if not steps:
             continue
         final = np.array(per_seed[-1])
+        # What acts: the executed distribution's entropy over the last logged batch, per seed.
+        entropy = {
+            key: eval_curves(path, f"entropy/{key}")[1]
+            for key in ("policy", "policy_min", "target")
+        }
         results.append({"task": task, "arm": arm, "step": steps[-1], "finished": done >= args.steps,
                         "returns": final.tolist(), "mean": float(final.mean()), "std": float(final.std()),
-                        "curve_steps": steps, "curve_returns_per_seed": per_seed})  # fmt: skip
+                        "curve_steps": steps, "curve_returns_per_seed": per_seed,
+                        **{f"entropy_{k}": v[-1] for k, v in entropy.items() if v}})  # fmt: skip
     by_key = {(r["task"], r["arm"]): r for r in results}
     for r in results:  # paired with SAC at the same step, seed by seed
         sac = by_key.get((r["task"], "SAC"))
@@ -87,16 +93,21 @@ def main() -> None:
 
     print(f"\nfinal deterministic return, {args.eval_episodes} episodes per seed, "
           f"mean ± std over {args.seeds} paired seeds [per seed]")  # fmt: skip
+    print("executed entropy: batch mean / batch min of the acting distribution at the last log row, "
+          "mean / min over seeds, beside the target")  # fmt: skip
     print(
-        "| task | arm | step | return | per seed | minus SAC (95 % CI) |\n|---|---|---|---|---|---|"
+        "| task | arm | step | return | per seed | minus SAC (95 % CI) | executed H mean / min | target |"
     )
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         d = r.get("minus_sac")
         diff = f"{d['mean']:+.0f} [{d['ci95_low']:+.0f}, {d['ci95_high']:+.0f}]" if d else ""
         seeds = ", ".join(f"{v:.0f}" for v in r["returns"])
-        print(
-            f"| {r['task']} | {r['arm']} | {r['step']} | {r['mean']:.0f} ± {r['std']:.0f} | {seeds} | {diff} |"
-        )
+        entropy = (f"{np.mean(r['entropy_policy']):.2f} / {np.min(r['entropy_policy_min']):.2f}"
+                   if "entropy_policy" in r else "")  # fmt: skip
+        target = f"{np.mean(r['entropy_target']):.2f}" if "entropy_target" in r else ""
+        print(f"| {r['task']} | {r['arm']} | {r['step']} | {r['mean']:.0f} ± {r['std']:.0f} | {seeds} "
+              f"| {diff} | {entropy} | {target} |")  # fmt: skip
     for line in missing:
         print(f"missing: {line}")
 
