@@ -117,8 +117,12 @@ def test_fsdp_on_two_ranks_matches_one_process(tiny_model_dir, tmp_path):
     torch.testing.assert_close(fsdp["norms"], single["norms"], rtol=1e-4, atol=0)
     start = load_model(str(tiny_model_dir)).state_dict()
     assert fsdp["weights"].keys() == single["weights"].keys() == start.keys()
+    # Adam's first steps move an element by about lr (1e-2) whatever its gradient's size, so a
+    # gradient near eps that the two reduction orders round differently moves the weight by a
+    # small part of a step (1.1e-5 seen once): allow 1 % of one step. A wrong gradient scale is
+    # caught by the norms above, which Adam's scale invariance would hide here.
     for key, value in single["weights"].items():
-        torch.testing.assert_close(fsdp["weights"][key], value, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fsdp["weights"][key], value, rtol=1e-4, atol=1e-4)
     assert any(not torch.equal(start[k], single["weights"][k]) for k in start)
 
 
