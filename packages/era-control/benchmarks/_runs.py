@@ -2,9 +2,10 @@
 
 A run directory is ``<out>/runs/<task>__<arm>__<steps>``. Re-running a benchmark resumes
 unfinished runs from their checkpoints, restarts runs killed before their first checkpoint
-and skips finished ones, so a long table can be built over several sessions. A SAC run
-that has not started continues a copy of the longest finished shorter run of its (task,
-arm) instead (``train sac --resume --steps``, which equals a fresh run of the longer budget).
+and skips finished ones, so a long table can be built over several sessions. A run of an
+extendable algorithm (SAC) that has not started continues a copy of the longest finished
+shorter run of its (task, arm) instead (``train sac --resume --steps``, which equals a fresh
+run of the longer budget).
 """
 
 import re
@@ -19,6 +20,7 @@ import numpy as np
 
 from era_control import checkpoint
 from era_control.logging import METRICS_FILE, read_metrics
+from era_control.runs import ALGORITHMS
 
 # Student-t 0.975 quantiles by degrees of freedom (the normal's 1.96 beyond the table).
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -55,12 +57,13 @@ def command(algo: str, path: Path, steps: int, flags: Sequence[str]) -> list[str
     done = steps_done(path)
     if done >= steps:
         return None
-    if done == 0 and algo == "sac" and (shorter := shorter_finished_run(path)) is not None:
+    extendable = ALGORITHMS[algo].extendable
+    if done == 0 and extendable and (shorter := shorter_finished_run(path)) is not None:
         shutil.rmtree(path, ignore_errors=True)  # a start killed before its first checkpoint
         shutil.copytree(shorter, path)
         done = steps_done(path)
     if done > 0:
-        return [*cli, "--resume", str(path), *(["--steps", str(steps)] if algo == "sac" else [])]
+        return [*cli, "--resume", str(path), *(["--steps", str(steps)] if extendable else [])]
     # Never checkpointed (or never started): start afresh; the CLI reuses such a folder.
     return [*cli, *flags, "--steps", str(steps), "--out", str(path.parent), "--run-name", path.name]
 

@@ -8,8 +8,10 @@ Arms: SAC-ERA at SAC's target (-1 per action dim, the default), SAC, and SAC-ERA
 authors' 0.25 per dim. Seeds are paired (seed k initialises and feeds every arm alike).
 Each (task, arm) is one ``era-control train sac`` run with all seeds in one process;
 ``--jobs`` runs several at once. Re-running resumes unfinished runs and reuses finished ones;
-a new budget continues a copy of the finished shorter run of the same arm (``_runs.py``). Writes ``results/returns.json`` (per-eval returns per seed too) and one
-``results/returns_<task>.png`` per task; prints the table and what is still missing.
+a new budget continues a copy of the finished shorter run of the same arm (``_runs.py``).
+Writes ``results/returns.json`` (per-eval returns and the acting distribution's entropy per
+seed too) and one ``results/returns_<task>.png`` per task; prints the table and what is still
+missing.
 """
 
 import argparse

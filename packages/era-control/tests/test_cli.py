@@ -150,8 +150,9 @@ def test_extension_is_refused_below_the_steps_done_and_for_ppo(tmp_path, capsys)
     capsys.readouterr()
     assert exit_code(["train", "sac", "--resume", str(run_dir), "--steps", "50"]) == 2
     one_line_error(capsys, "--steps must be at least the 100 steps already done, got 50")
-    ppo = ["train", "ppo", "--env", "Pendulum-v1", "--steps", "64", "--num-steps", "32", "--num-minibatches", "4",
-           "--hidden", "8", "--no-tensorboard", "--out", str(tmp_path), "--run-name", "ppo"]  # fmt: skip
+    ppo = ["train", "ppo", "--env", "Pendulum-v1", "--steps", "64", "--num-steps", "32",
+           "--num-minibatches", "4", "--hidden", "8", "--no-tensorboard",
+           "--out", str(tmp_path), "--run-name", "ppo"]  # fmt: skip
     assert main(ppo) == 0
     capsys.readouterr()
     assert exit_code(["train", "ppo", "--resume", str(tmp_path / "ppo"), "--steps", "128"]) == 2

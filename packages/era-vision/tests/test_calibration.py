@@ -28,9 +28,8 @@ def test_fit_temperature_recovers_a_known_temperature(true_t):
 
 def test_fit_temperature_without_held_out_errors_stops_at_the_range_and_warns():
     labels = torch.arange(200) % 10
-    logits = (
-        4 * torch.nn.functional.one_hot(labels, 10).double()
-    )  # all correct: NLL falls as T -> 0
+    # All correct: the NLL falls as T -> 0.
+    logits = 4 * torch.nn.functional.one_hot(labels, 10).double()
     with pytest.warns(UserWarning, match=r"beyond 0.05 \(0 of 200 held-out"):
         assert fit_temperature(logits, labels) == TEMPERATURE_RANGE[0]
     flipped = torch.roll(labels, 1)  # all wrong: the NLL falls as T grows

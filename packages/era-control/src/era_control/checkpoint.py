@@ -1,7 +1,8 @@
 """Checkpoints that survive crashes and signals.
 
-- :func:`save` (and :func:`write_atomically`, for any file a resume reads) writes to a temporary file in the same directory, fsyncs it and renames it
-  over the old checkpoint (``os.replace`` is atomic), so a checkpoint is never half written.
+- :func:`save` (and :func:`write_atomically`, for any file a resume reads) writes to a
+  temporary file in the same directory, fsyncs it and renames it over the old file
+  (``os.replace`` is atomic), so a checkpoint is never half written.
 - :class:`StopSignal` turns the first SIGINT/SIGTERM into a flag the training loop checks
   between steps: the loop then saves and exits cleanly. A second signal stops at once.
 """

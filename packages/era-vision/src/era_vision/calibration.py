@@ -82,8 +82,9 @@ def fit_temperature(logits: Tensor, labels: Tensor, iterations: int = 60) -> flo
 
     low, high = TEMPERATURE_RANGE
     lo, hi = -math.log(high), -math.log(low)  # log beta
-    if slope(hi) < 0 or slope(lo) > 0:
-        temperature = low if slope(hi) < 0 else high
+    below_range, above_range = slope(hi) < 0, slope(lo) > 0
+    if below_range or above_range:
+        temperature = low if below_range else high
         errors = int((logits.argmax(-1) != labels).sum())
         warnings.warn(
             f"temperature scaling: the NLL-optimal T is beyond {temperature} ({errors} of "
