@@ -278,6 +278,64 @@ def test_minibatches_and_kl_run(tiny_model_dir):
     assert scheduler.last_epoch == 2
 
 
+@pytest.mark.parametrize(("omega_low", "scaled"), [(10.0, True), (0.0, False)])
+def test_reference_is_scored_without_era(tiny_model_dir, omega_low, scaled):
+    # The reference is the policy's own copy, so on-policy its KL is 0 unless ERA rescales
+    # the policy's logits and not the reference's (the authors' rule).
+    cfg = tiny_train_config(
+        "m", "d", "o", algo="grpo-era", kl_coef=0.1, era_omega_low=omega_low, era_omega_high=20.0
+    )
+    model = load_model(str(tiny_model_dir))
+    ref = TokenScorer(copy.deepcopy(model).requires_grad_(False))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    metrics = update_policy(
+        _groups(),
+        TokenScorer(model),
+        model,
+        optimizer,
+        scheduler,
+        LOSSES["grpo-era"],
+        cfg,
+        0,
+        Distributed(0, 1, torch.device("cpu")),
+        contextlib.nullcontext,
+        ref,
+    )
+    assert (metrics["era/sharpened_frac"] > 0) == scaled
+    if scaled:
+        assert metrics["loss/kl"] > 1e-4
+    else:
+        assert metrics["loss/kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("algo", "metric"), [("clip-cov", "clip_cov_frac"), ("kl-cov", "kl_cov_frac")]
+)
+def test_cov_losses_train_through_minibatches(tiny_model_dir, algo, metric):
+    # Every token is selected (fraction 1, wide bounds) so the metric counts each valid token.
+    cfg = tiny_train_config(
+        "m",
+        "d",
+        "o",
+        algo=algo,
+        num_minibatches=2,
+        micro_batch_size=4,
+        clip_cov_frac=1.0,
+        clip_cov_low=-100.0,
+        clip_cov_high=100.0,
+        kl_cov_frac=1.0,
+    )
+    model = load_model(str(tiny_model_dir))
+    before = model.get_output_embeddings().weight.clone()
+    metrics = _update(model, cfg, _groups())
+    # kl-cov penalises every token; clip-cov drops every token the ratio clip leaves alone
+    expected = 1.0 if algo == "kl-cov" else 1.0 - metrics["loss/clip_frac"]
+    assert metrics[f"loss/{metric}"] == pytest.approx(expected)
+    moved = not torch.equal(before, model.get_output_embeddings().weight)
+    assert moved == (algo == "kl-cov")
+
+
 def _parameters(path):
     return {k: v.clone() for k, v in load_model(str(path)).state_dict().items()}
 

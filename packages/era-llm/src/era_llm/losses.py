@@ -28,14 +28,17 @@ __all__ = [
     "LossConfig",
     "PolicyTerms",
     "aggregate",
+    "clip_cov_objective",
     "clipped_surrogate",
     "entropy_bonus_objective",
     "era_shaping",
     "grpo_objective",
+    "kl_cov_objective",
     "no_shaping",
+    "token_covariance",
 ]
 
-Algo = Literal["grpo", "grpo-entropy-bonus", "grpo-era"]
+Algo = Literal["grpo", "grpo-entropy-bonus", "grpo-era", "clip-cov", "kl-cov"]
 Aggregation = Literal["token-mean", "seq-mean-token-mean"]
 
 
@@ -46,7 +49,9 @@ class LossConfig:
     algo: Algo = help_field(  # noqa: RUF009 (a dataclasses.field)
         "grpo-era",
         "policy loss: grpo (clipped surrogate, DAPO clip-higher), grpo-entropy-bonus "
-        "(minus entropy_coef * token entropy), grpo-era (ERA logit scaling for A > 0, arXiv:2510.08549)",
+        "(minus entropy_coef * token entropy), grpo-era (ERA logit scaling for A > 0, "
+        "arXiv:2510.08549), clip-cov / kl-cov (Cui et al., arXiv:2505.22617: no gradient, or "
+        "a KL penalty, for tokens of high covariance of log-prob and advantage)",
     )
     clip_low: float = help_field(0.2, "ratio clip below: 1 - clip_low (PPO epsilon)")
     clip_high: float = help_field(0.28, "ratio clip above: 1 + clip_high (DAPO clip-higher, 0.28)")
@@ -68,8 +73,21 @@ class LossConfig:
     era_k: float = help_field(2.0, "grpo-era: logit scale factor k > 1")
     era_top_frac: float = help_field(0.2, "grpo-era: response entropy = mean of this top fraction")
     era_scale_advantages: bool = help_field(
-        True, "grpo-era: divide A by the logit scale (paper rule)"
+        False,
+        "grpo-era: also divide A by the logit scale (the authors' README equation; their "
+        "published runs scale logits only)",
     )
+    clip_cov_frac: float = help_field(
+        2e-4, "clip-cov: fraction of a micro-batch's tokens whose gradient is dropped (r)"
+    )
+    clip_cov_low: float = help_field(1.0, "clip-cov: drop only tokens with covariance above this")
+    clip_cov_high: float = help_field(5.0, "clip-cov: ... and below this")
+    kl_cov_frac: float = help_field(
+        2e-3,
+        "kl-cov: fraction of a micro-batch's tokens, largest covariance first, that get the "
+        "KL penalty (k; the paper's 7B value, 2e-4 for 32B)",
+    )
+    kl_cov_coef: float = help_field(1.0, "kl-cov: weight of the |log pi - log pi_old| penalty")
 
     def __post_init__(self) -> None:
         if self.algo not in LOSSES:
@@ -87,6 +105,16 @@ class LossConfig:
             why="and <= era_omega_high",
         )
         check_range("era_top_frac", self.era_top_frac, 0.0, 1.0, low_inclusive=False)
+        check_range("clip_cov_frac", self.clip_cov_frac, 0.0, 1.0, low_inclusive=False)
+        check_range(
+            "clip_cov_low",
+            self.clip_cov_low,
+            high=self.clip_cov_high,
+            high_inclusive=False,
+            why="and < clip_cov_high",
+        )
+        check_range("kl_cov_frac", self.kl_cov_frac, 0.0, 1.0, low_inclusive=False)
+        check_range("kl_cov_coef", self.kl_cov_coef, 0.0)
 
 
 @dataclass(frozen=True)
@@ -145,20 +173,24 @@ def clipped_surrogate(
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
+def _reference_kl(terms: PolicyTerms, cfg: LossConfig) -> tuple[Tensor | float, dict[str, Tensor]]:
+    """``kl_coef`` times the per-token k3 estimate of KL(pi || pi_ref), and its metric."""
+    if cfg.kl_coef == 0:
+        return 0.0, {}
+    if terms.ref_logprobs is None:
+        raise ValueError("kl_coef > 0 needs ref_logprobs")
+    # k3 estimator of KL(pi || pi_ref): unbiased, non-negative per token (Schulman 2020).
+    log_ratio = terms.ref_logprobs - terms.logprobs
+    kl = torch.exp(log_ratio) - log_ratio - 1.0
+    return cfg.kl_coef * kl, {"kl": (kl * terms.mask).sum().detach()}
+
+
 def _policy_token_loss(terms: PolicyTerms, cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
     loss, clipped = clipped_surrogate(
         terms.logprobs, terms.old_logprobs, terms.advantages, cfg.clip_low, cfg.clip_high
     )
-    metrics = {"clip_frac": (clipped * terms.mask).sum().detach()}
-    if cfg.kl_coef > 0:
-        if terms.ref_logprobs is None:
-            raise ValueError("kl_coef > 0 needs ref_logprobs")
-        # k3 estimator of KL(pi || pi_ref): unbiased, non-negative per token (Schulman 2020).
-        log_ratio = terms.ref_logprobs - terms.logprobs
-        kl = torch.exp(log_ratio) - log_ratio - 1.0
-        loss = loss + cfg.kl_coef * kl
-        metrics["kl"] = (kl * terms.mask).sum().detach()
-    return loss, metrics
+    kl, kl_metrics = _reference_kl(terms, cfg)
+    return loss + kl, {"clip_frac": (clipped * terms.mask).sum().detach(), **kl_metrics}
 
 
 def grpo_objective(terms: PolicyTerms, cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
@@ -177,6 +209,73 @@ def entropy_bonus_objective(
     """GRPO minus ``entropy_coef`` times the token entropy: the classic entropy regulariser."""
     token_loss, metrics = _policy_token_loss(terms, cfg)
     token_loss = token_loss - cfg.entropy_coef * terms.entropy
+    return aggregate(token_loss, terms.mask, cfg.aggregation, terms.normaliser), metrics
+
+
+def token_covariance(logprobs: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
+    """Each token's term of the covariance of log-prob and advantage over the valid tokens.
+
+    ``(A - mean A) (log pi - mean log pi)``, means over ``mask``: Cui et al. (2025) show the
+    entropy change is driven by this covariance, so its largest terms are the tokens that
+    collapse entropy. No gradient; padding gets 0.
+    """
+    count = mask.sum().clamp(min=1)
+    logprobs = logprobs.detach()
+    mean_adv = (advantages * mask).sum() / count
+    mean_logp = (logprobs * mask).sum() / count
+    return (advantages - mean_adv) * (logprobs - mean_logp) * mask
+
+
+def clip_cov_objective(terms: PolicyTerms, cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clip-Cov (Cui et al., arXiv:2505.22617): GRPO without a few high-covariance tokens.
+
+    Of the valid tokens whose ratio is not already clipped and whose ``token_covariance``
+    lies in ``(clip_cov_low, clip_cov_high)``, ``max(1, int(clip_cov_frac * valid tokens))``
+    drawn at random (torch's global generator, so a resumed run draws the same) have their
+    surrogate term, value and gradient, set to 0; they stay in the normaliser. The KL term,
+    if any, is kept on every token.
+    """
+    surrogate, clipped = clipped_surrogate(
+        terms.logprobs, terms.old_logprobs, terms.advantages, cfg.clip_low, cfg.clip_high
+    )
+    valid = terms.mask > 0
+    cov = token_covariance(terms.logprobs, terms.advantages, terms.mask)
+    eligible = valid & ~clipped & (cov > cfg.clip_cov_low) & (cov < cfg.clip_cov_high)
+    candidates = eligible.flatten().nonzero().squeeze(1)
+    count = max(int(cfg.clip_cov_frac * valid.sum().item()), 1)
+    drawn = torch.randperm(candidates.numel())[:count].to(candidates.device)
+    keep = torch.ones_like(surrogate).flatten().index_fill(0, candidates[drawn], 0.0)
+    kl, kl_metrics = _reference_kl(terms, cfg)
+    token_loss = surrogate * keep.view_as(surrogate) + kl
+    metrics = {
+        "clip_frac": (clipped * terms.mask).sum().detach(),
+        "clip_cov_frac": torch.tensor(float(drawn.numel())),
+        **kl_metrics,
+    }
+    return aggregate(token_loss, terms.mask, cfg.aggregation, terms.normaliser), metrics
+
+
+def kl_cov_objective(terms: PolicyTerms, cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """KL-Cov (Cui et al., arXiv:2505.22617): ``-r A`` plus a KL penalty on top-covariance tokens.
+
+    The penalty is ``kl_cov_coef * |log pi - log pi_old|``; the ``max(1, int(kl_cov_frac * valid tokens))`` valid tokens with the largest
+    ``token_covariance`` get the penalty. As in the authors' code no ratio clipping applies
+    (``clip_low``/``clip_high`` are unused). On-policy (``num_minibatches=1``) the penalty
+    is ``|0|`` with zero gradient, so KL-Cov acts only from a batch's second optimiser step.
+    """
+    log_ratio = terms.logprobs - terms.old_logprobs
+    token_loss = -terms.advantages * torch.exp(log_ratio)
+    valid = terms.mask.flatten() > 0
+    cov = token_covariance(terms.logprobs, terms.advantages, terms.mask).flatten()
+    penalised = torch.zeros_like(valid)
+    if valid.any():
+        count = min(max(int(cfg.kl_cov_frac * valid.sum().item()), 1), int(valid.sum().item()))
+        top = cov.masked_fill(~valid, -torch.inf).topk(count).indices
+        penalised = penalised.index_fill(0, top, True)
+    penalised = penalised.view_as(token_loss)
+    kl, kl_metrics = _reference_kl(terms, cfg)
+    token_loss = token_loss + cfg.kl_cov_coef * log_ratio.abs() * penalised + kl
+    metrics = {"kl_cov_frac": penalised.sum().float().detach(), **kl_metrics}
     return aggregate(token_loss, terms.mask, cfg.aggregation, terms.normaliser), metrics
 
 
@@ -236,4 +335,6 @@ LOSSES: dict[str, Loss] = {
     "grpo": Loss(grpo_objective),
     "grpo-entropy-bonus": Loss(entropy_bonus_objective),
     "grpo-era": Loss(grpo_objective, era_shaping),
+    "clip-cov": Loss(clip_cov_objective),
+    "kl-cov": Loss(kl_cov_objective),
 }

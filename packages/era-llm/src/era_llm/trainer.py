@@ -432,8 +432,10 @@ def update_policy(
                     )
                 ref_logprobs = None
                 if ref_scorer is not None:
+                    # The reference is scored as it is, without ERA's scale: the authors'
+                    # reference pass has none.
                     with torch.no_grad():
-                        ref_logprobs = ref_scorer(ids[rows], attention[rows], start, scale)[0]
+                        ref_logprobs = ref_scorer(ids[rows], attention[rows], start)[0]
                 terms = PolicyTerms(
                     logprobs=logprobs,
                     old_logprobs=logprobs.detach() if old_logprobs is None else old_logprobs[rows],
