@@ -14,9 +14,8 @@ def _batch(device):
 
 def _reference(model, input_ids, attention, start, scale):
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=input_ids, attention_mask=attention, position_ids=positions
-    ).logits.float()
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions).logits
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     logits = logits[:, start - 1 : -1]
     labels = input_ids[:, start:]
     entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
@@ -40,6 +39,19 @@ def test_scorer_matches_full_logits(tiny_model_dir, device, with_scale):
     torch.testing.assert_close(entropy, ref_entropy)
     for got, want in zip(grads, (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_float64_model_with_a_logit_scale(tiny_model_dir):
+    # A scaled and an unscaled part are scored separately and copied into one tensor; a
+    # float64 model's parts are float64, so that tensor must be too.
+    model = load_model(str(tiny_model_dir), dtype=torch.float64)
+    input_ids, attention, start = _batch("cpu")
+    scale = torch.tensor([[2.0, 2.0, 1.0], [0.5, 1.0, 1.0]], dtype=torch.float64)
+    logprobs, entropy, _ = TokenScorer(model, chunk_size=2)(input_ids, attention, start, scale)
+    assert logprobs.dtype == entropy.dtype == torch.float64
+    ref_logprobs, ref_entropy = _reference(model, input_ids, attention, start, scale)
+    torch.testing.assert_close(logprobs, ref_logprobs)
+    torch.testing.assert_close(entropy, ref_entropy)
 
 
 def test_topk_logprobs_renormalise_over_the_top_logits(tiny_model_dir):

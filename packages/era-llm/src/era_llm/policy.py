@@ -152,7 +152,8 @@ class TokenScorer(nn.Module):
                 through the output projection is added.
 
         Returns:
-            ``(logprobs, entropy, shaping_entropy)``: float32, shape
+            ``(logprobs, entropy, shaping_entropy)``: float32 (float64 for a float64
+            model), shape
             ``(batch, seq - response_start)``; ``shaping_entropy`` is what ``shaping`` was
             called with (``None`` without ``shaping``).
         """
@@ -217,7 +218,9 @@ class TokenScorer(nn.Module):
         hidden, labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
         scale = logit_scale.detach().reshape(-1)
         scaled = scale != 1
-        logprobs = hidden.new_zeros(labels.shape, dtype=torch.float32)
+        # era-core computes in float32, or float64 for a float64 model: match what it returns.
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        logprobs = hidden.new_zeros(labels.shape, dtype=dtype)
         entropy = torch.zeros_like(logprobs)
         parts = (
             ((~scaled).nonzero().squeeze(1), None),
