@@ -1,7 +1,7 @@
-"""The demo at several seeds: GRPO, GRPO + entropy bonus and GRPO-ERA, per seed and mean ± std.
+"""The demo at several seeds: its five arms (``era_llm.demo.ARMS``), per seed and mean ± std.
 
 Each seed runs ``era-llm demo`` with its defaults (its own model initialisation, problems and
-warm start; the three arms of a seed share that start, their seed and their data order, so
+warm start; the arms of a seed share that start, their seed and their data order, so
 differences between arms are paired). A seed whose ``summary.json`` exists is read, not rerun,
 so an interrupted benchmark continues where it stopped.
 
@@ -110,6 +110,10 @@ def main() -> None:
         ("grpo-era", "grpo"),
         ("grpo-era", "grpo-entropy-bonus"),
         ("grpo-entropy-bonus", "grpo"),
+        ("clip-cov", "grpo"),
+        ("kl-cov", "grpo"),
+        ("grpo-era", "clip-cov"),
+        ("grpo-era", "kl-cov"),
     ):
         for column in ("response_entropy_end", "pass@1", f"pass@{big_k}"):
             values = [[rows[s][arm][column] for s in args.seeds] for arm in (a, b)]

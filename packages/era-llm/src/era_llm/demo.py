@@ -1,4 +1,4 @@
-r"""A laptop-sized exploration experiment: GRPO, GRPO + entropy bonus and GRPO-ERA on arithmetic.
+r"""A laptop-sized exploration experiment: GRPO, its entropy regularisers and GRPO-ERA on arithmetic.
 
 No download is needed: a character-level tokenizer and a tiny Qwen2-architecture model are
 built in code, warm-started by a short supervised run on ``a*b=`` problems (``a`` with three
@@ -50,7 +50,9 @@ __all__ = [
 # Everything the task writes: digits, operators and the letters of \boxed{}.
 ALPHABET = "0123456789+-*=\\boxed{}"
 # The algorithms compared, each trained from the same warm start with the same seed.
-ARMS = ("grpo", "grpo-entropy-bonus", "grpo-era")
+# Clip-Cov and KL-Cov run with the paper's defaults; on-policy (one optimiser step per batch,
+# as here) KL-Cov's penalty has no gradient, so it trains as GRPO without the ratio clip.
+ARMS = ("grpo", "grpo-entropy-bonus", "grpo-era", "clip-cov", "kl-cov")
 
 
 Operation = Literal["multiply", "add"]
@@ -58,7 +60,7 @@ Operation = Literal["multiply", "add"]
 
 @dataclass(kw_only=True)
 class DemoConfig:
-    """GRPO, GRPO + entropy bonus and GRPO-ERA from one supervised start, on CPU in minutes."""
+    """GRPO, entropy bonus, GRPO-ERA, Clip-Cov and KL-Cov from one supervised start, on CPU."""
 
     output_dir: str = help_field("runs/demo", "run directory")
     seed: int = help_field(0, "seed of the model, the problems and every RL run")
@@ -338,8 +340,8 @@ def _summary_markdown(summary: dict[str, Any], cfg: DemoConfig) -> str:
         [
             "## era-llm",
             "",
-            f"GRPO, GRPO + entropy bonus ({cfg.entropy_coef:g}) and GRPO-ERA (floor "
-            f"{cfg.era_omega_low:g}) from one warm start on {task}; held-out: "
+            f"GRPO, GRPO + entropy bonus ({cfg.entropy_coef:g}), GRPO-ERA (floor "
+            f"{cfg.era_omega_low:g}), Clip-Cov and KL-Cov from one warm start on {task}; held-out: "
             f"{cfg.eval_problems} problems x {cfg.eval_n} samples.",
             "",
             *rows,
