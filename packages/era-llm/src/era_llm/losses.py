@@ -81,7 +81,7 @@ class LossConfig:
         2e-4, "clip-cov: fraction of a micro-batch's tokens whose gradient is dropped (r)"
     )
     clip_cov_low: float = help_field(1.0, "clip-cov: drop only tokens with covariance above this")
-    clip_cov_high: float = help_field(5.0, "clip-cov: ... and below this")
+    clip_cov_high: float = help_field(5.0, "clip-cov: drop only tokens with covariance below this")
     kl_cov_frac: float = help_field(
         2e-3,
         "kl-cov: fraction of a micro-batch's tokens, largest covariance first, that get the "
