@@ -72,7 +72,7 @@ def main() -> None:
         # What acts: the executed distribution's entropy over the last logged batch, per seed.
         entropy = {
             key: eval_curves(path, f"entropy/{key}")[1]
-            for key in ("policy", "policy_min", "target")
+            for key in ("executed", "executed_min", "target")
         }
         results.append({"task": task, "arm": arm, "step": steps[-1], "finished": done >= args.steps,
                         "returns": final.tolist(), "mean": float(final.mean()), "std": float(final.std()),
@@ -105,8 +105,8 @@ def main() -> None:
         d = r.get("minus_sac")
         diff = f"{d['mean']:+.0f} [{d['ci95_low']:+.0f}, {d['ci95_high']:+.0f}]" if d else ""
         seeds = ", ".join(f"{v:.0f}" for v in r["returns"])
-        entropy = (f"{np.mean(r['entropy_policy']):.2f} / {np.min(r['entropy_policy_min']):.2f}"
-                   if "entropy_policy" in r else "")  # fmt: skip
+        entropy = (f"{np.mean(r['entropy_executed']):.2f} / {np.min(r['entropy_executed_min']):.2f}"
+                   if "entropy_executed" in r else "")  # fmt: skip
         target = f"{np.mean(r['entropy_target']):.2f}" if "entropy_target" in r else ""
         print(f"| {r['task']} | {r['arm']} | {r['step']} | {r['mean']:.0f} ± {r['std']:.0f} | {seeds} "
               f"| {diff} | {entropy} | {target} |")  # fmt: skip

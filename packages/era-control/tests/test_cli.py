@@ -39,9 +39,9 @@ def test_train_smoke(tmp_path, env, era):
         "eval/return",
         "loss/critic",
         "loss/actor",
-        "entropy/policy",
+        "entropy/executed",
     } <= keys
-    assert {"entropy/target", "entropy/policy_min"} <= keys
+    assert {"entropy/target", "entropy/executed_min", "action/saturated"} <= keys
     assert ("sac/alpha" in keys) == (era == "--no-era")
     state = checkpoint.load(run_dir / "checkpoint.pt")
     assert state["step"] == 300

@@ -26,14 +26,15 @@ def test_unknown_env_names_close_matches():
         envs.resolve_env_id("Hoppper-v5")
 
 
-def test_humanoidbench_missing_explains_install():
+@pytest.mark.parametrize("env_id", ["h1hand-walk-v0", "h1simplehand-pole-v0", "g1-walk-v0"])
+def test_humanoidbench_missing_explains_install(env_id):
     try:
         import humanoid_bench  # noqa: F401
     except ImportError:
         with pytest.raises(ValueError, match="HumanoidBench is not on PyPI"):
-            envs.resolve_env_id("h1hand-walk-v0")
+            envs.resolve_env_id(env_id)
     else:
-        assert envs.resolve_env_id("h1hand-walk-v0").id == "h1hand-walk-v0"
+        assert envs.resolve_env_id(env_id).id == env_id
 
 
 def test_dm_control_dict_observations_are_flattened():

@@ -102,3 +102,28 @@ def test_seed_trains_the_same_alone_or_in_an_ensemble(tmp_path, era):
         first = 2 if key.startswith("critic") else 1
         torch.testing.assert_close(two[key][:first], value, msg=key)
     assert not torch.allclose(two["actor.0.weight"][0], two["actor.0.weight"][1])
+
+
+def test_authors_floor_bounds_the_gaussian_and_truncation_lowers_what_acts():
+    a = agent(target_entropy=0.25, floor="authors")
+    obs = torch.cat([torch.randn(3, 200, 5), 100 * torch.randn(3, 200, 5)], 1)
+    pi = a.policy(obs)
+    assert (pi.log_std <= 0.0).all() and (pi.log_std >= -8.0).all()
+    # The Gaussian before truncation is floored (the clip at -8 can only raise it) ...
+    assert (pi.gaussian_entropy() >= a.target_entropy - 1e-4).all()
+    # ... but what acts is lower wherever the mode sits off-centre, unlike the executed floor.
+    executed = pi.dist.entropy().sum(-1)
+    assert (executed <= pi.gaussian_entropy() + 1e-5).all()
+    assert executed.min() < a.target_entropy - 0.1
+    exact = agent(target_entropy=0.25).policy(obs).dist.entropy().sum(-1)
+    assert exact.min() >= a.target_entropy - 1e-4
+
+
+def test_update_logs_executed_entropy_and_saturation():
+    a = agent(target_entropy=0.25, floor="authors")
+    metrics = a.update(random_batch(a))
+    assert metrics["entropy/executed_min"].shape == (3,)
+    assert (metrics["entropy/executed_min"] <= metrics["entropy/executed"]).all()
+    mean = torch.tensor([[[0.0, 3.0], [-3.0, 0.1]]])  # |tanh| = 0, 0.995, 0.995, 0.1
+    assert sac.saturated_fraction(mean).tolist() == [0.5]
+    assert ((metrics["action/saturated"] >= 0) & (metrics["action/saturated"] <= 1)).all()

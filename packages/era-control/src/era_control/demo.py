@@ -39,9 +39,9 @@ def run(
             return code
         runs[label] = run_dir
         final = evaluate_run(run_dir, episodes=5)
-        _, entropy, _ = curve(run_dir, "entropy/policy")
+        _, entropy, _ = curve(run_dir, "entropy/executed")
         lowest = min(
-            v for _, _, k, v in read_metrics(run_dir / METRICS_FILE) if k == "entropy/policy_min"
+            v for _, _, k, v in read_metrics(run_dir / METRICS_FILE) if k == "entropy/executed_min"
         )
         _, target, _ = curve(run_dir, "entropy/target")
         results[label] = {
@@ -100,12 +100,12 @@ def _plot(runs: dict[str, Path], out: Path, title: str) -> Path:
     for (label, run_dir), color in zip(runs.items(), ("C0", "C1"), strict=False):
         for ax, key, name in (
             (ret, "eval/return", label),
-            (ent, "entropy/policy", f"{label} mean"),
+            (ent, "entropy/executed", f"{label} mean"),
         ):
             steps, mean, std = curve(run_dir, key)
             ax.plot(steps, mean, color=color, label=name)
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color)
-        steps, low, _ = curve(run_dir, "entropy/policy_min")
+        steps, low, _ = curve(run_dir, "entropy/executed_min")
         ent.plot(steps, low, ":", color=color, label=f"{label} batch minimum")
         steps, target, _ = curve(run_dir, "entropy/target")
         ent.plot(steps, target, "--", color="black", alpha=0.7, label=f"{label} floor/target")

@@ -33,7 +33,7 @@ __all__ = [
     "snapshot_envs",
 ]
 
-_HUMANOIDBENCH = re.compile(r"^(h1|h1hand|h1strong|h1touch|g1)-[\w-]+-v\d+$")
+_HUMANOIDBENCH = re.compile(r"^(h1|h1hand|h1simplehand|h1strong|h1touch|g1)-[\w-]+-v\d+$")
 HUMANOIDBENCH_HELP = (
     "HumanoidBench is not on PyPI: install it from its repository "
     "(github.com/carlosferrazza/humanoid-bench) with `pip install -e .`, pinned to the combination "

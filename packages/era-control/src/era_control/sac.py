@@ -41,10 +41,23 @@ from era_control.entropy_floor import (
 )
 from era_control.logging import Logger, progress_bar
 from era_control.networks import EnsembleMLP
-from era_core.functional import truncated_gaussian_era, truncated_normal_entropy_bounds
+from era_core.functional import (
+    gaussian_era,
+    truncated_gaussian_era,
+    truncated_normal_entropy_bounds,
+)
 from era_core.validation import check_positive, check_range
 
-__all__ = ["PRESETS", "SAC", "SACConfig", "build", "evaluation_policy", "train"]
+__all__ = [
+    "PRESETS",
+    "SAC",
+    "SATURATION",
+    "SACConfig",
+    "build",
+    "evaluation_policy",
+    "saturated_fraction",
+    "train",
+]
 
 
 @dataclasses.dataclass
@@ -58,6 +71,12 @@ class SACConfig(RunConfig):
         None,
         "truncated_normal: N(tanh(mu), std) on [-1, 1] (ERA authors); tanh_normal: tanh-squashed "
         "Gaussian, SAC only (default: truncated_normal for ERA, tanh_normal for SAC)",
+    )
+    floor: Literal["executed", "authors"] = help_field(
+        "executed",
+        "SAC-ERA only: executed = sigma solved so the truncated normal that acts has entropy >= H0 "
+        "(ours); authors = the Gaussian floored before truncation, log sigma = k*softmax(s) clipped "
+        "to [log_std_min, log_std_max], independent of mu (the ERA authors', method.md section 1)",
     )
     target_entropy: float | None = help_field(
         None,
@@ -224,7 +243,9 @@ class SAC(nn.Module):
         """The action distribution at ``obs`` (``(seeds, batch, obs_dim)``)."""
         mean, raw_scale = self.actor(obs).chunk(2, dim=-1)
         lo, hi = self.cfg.log_std_min, self.cfg.log_std_max
-        if self.cfg.era:
+        if self.cfg.era and self.cfg.floor == "authors":
+            log_std = gaussian_era(raw_scale, self.target_entropy, lo, hi)
+        elif self.cfg.era:
             log_std = truncated_gaussian_era(
                 torch.tanh(mean), raw_scale, self.target_entropy, lo, hi
             )
@@ -288,8 +309,10 @@ class SAC(nn.Module):
             "loss/critic": critic_loss.detach(),
             "loss/actor": actor_loss.detach(),
             "q/mean": q.detach().mean(dim=(1, 2)),
-            "entropy/policy": sample.entropy.detach().mean(-1),
-            "entropy/policy_min": sample.entropy.detach().min(-1).values,
+            # What acts: closed form for the truncated normal, one-sample -log pi for tanh_normal.
+            "entropy/executed": sample.entropy.detach().mean(-1),
+            "entropy/executed_min": sample.entropy.detach().min(-1).values,
+            "action/saturated": saturated_fraction(pi.mean.detach()),
             "entropy/target": torch.full_like(q_pi[:, 0], self.target_entropy).detach(),
             "entropy/gaussian": pi.gaussian_entropy().detach().mean(-1),
         }
@@ -305,6 +328,18 @@ class SAC(nn.Module):
         self.critic_opt.load_state_dict(state["critic"])
         if self.entropy_opt is not None:
             self.entropy_opt.load_state_dict(state["entropy"])
+
+
+SATURATION = 0.99
+"""An action dim is saturated when ``|tanh(mu)| > SATURATION``: the mode sits at the boundary."""
+
+
+def saturated_fraction(mean: Tensor) -> Tensor:
+    """Per seed, the fraction of (state, action dim) pairs with ``|tanh(mean)| > SATURATION``.
+
+    Shape: ``(seeds, batch, D) -> (seeds,)``.
+    """
+    return (torch.tanh(mean).abs() > SATURATION).float().mean(dim=(1, 2))
 
 
 def _deterministic(agent: SAC, device: torch.device) -> Any:
