@@ -26,15 +26,34 @@ def test_fit_temperature_recovers_a_known_temperature(true_t):
     assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
 
 
-def test_fit_temperature_without_held_out_errors_stops_at_the_range_and_warns():
+def test_fit_temperature_without_held_out_errors_does_not_fit():
     labels = torch.arange(200) % 10
-    # All correct: the NLL falls as T -> 0.
+    # All correct: the NLL falls as T -> 0, which would sharpen every unseen error.
     logits = 4 * torch.nn.functional.one_hot(labels, 10).double()
-    with pytest.warns(UserWarning, match=r"beyond 0.05 \(0 of 200 held-out"):
-        assert fit_temperature(logits, labels) == TEMPERATURE_RANGE[0]
-    flipped = torch.roll(labels, 1)  # all wrong: the NLL falls as T grows
+    with pytest.warns(UserWarning, match=r"skipped \(T = 1\): all 200 held-out") as caught:
+        assert fit_temperature(logits, labels) == 1.0
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+
+
+def test_fit_temperature_beyond_the_range_stops_at_its_end_and_warns():
+    labels = torch.arange(200) % 10
+    logits = 4 * torch.nn.functional.one_hot(torch.roll(labels, 1), 10).double()
+    # All wrong: the NLL falls as T grows.
     with pytest.warns(UserWarning, match="200 of 200"):
-        assert fit_temperature(logits, flipped) == TEMPERATURE_RANGE[1]
+        assert fit_temperature(logits, labels) == TEMPERATURE_RANGE[1]
+
+
+def test_fit_temperature_keeps_t_1_when_the_fit_raises_the_held_out_nll():
+    generator = torch.Generator().manual_seed(2)
+    logits = 3 * torch.randn(5_000, 10, generator=generator)
+    labels = torch.multinomial((logits / 1.2).softmax(-1), 1, generator=generator).squeeze(1)
+    nll = lambda t: nn.functional.cross_entropy(logits / t, labels).item()  # noqa: E731
+    # One bisection step lands on T = sqrt(20) ~ 4.47, far worse than T = 1 for an optimum
+    # near 1.2; more steps reach the optimum, which beats T = 1.
+    with pytest.warns(UserWarning, match=r"dropped \(T = 1\): the fitted T = 4.47"):
+        assert fit_temperature(logits, labels, iterations=1) == 1.0
+    fitted = fit_temperature(logits, labels)
+    assert fitted == pytest.approx(1.2, rel=0.1) and nll(fitted) < nll(1.0)
 
 
 def test_fit_temperature_refuses_no_samples():

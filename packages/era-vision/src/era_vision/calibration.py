@@ -58,9 +58,13 @@ def fit_temperature(logits: Tensor, labels: Tensor, iterations: int = 60) -> flo
 
     The NLL is convex in ``beta = 1 / T``, with derivative ``mean(E_p[z] - z_label)`` increasing
     in ``beta``, so bisection on the derivative's sign (over ``log beta``, in float64) finds the
-    optimum within the range, or the end nearer to an optimum outside it. The latter happens
-    when every held-out sample is classified correctly (the NLL keeps falling as ``T -> 0``) or
-    when the logits carry no information; it is reported as a warning.
+    optimum within the range, or the end nearer to an optimum outside it (reported as a
+    warning; e.g. when every held-out sample is misclassified, the NLL keeps falling as T grows).
+
+    Calibration never reports a worse model as calibrated: when no held-out sample is
+    misclassified, the optimum is ``T -> 0`` and says nothing about unseen errors, so no ``T``
+    is fitted; and a fitted ``T`` whose held-out NLL is above that of ``T = 1`` is dropped.
+    Both return ``T = 1`` with a one-line warning.
 
     Args:
         logits: ``(n, classes)`` logits of a held-out split.
@@ -68,11 +72,20 @@ def fit_temperature(logits: Tensor, labels: Tensor, iterations: int = 60) -> flo
         iterations: Bisection steps (60 resolve ``log T`` to about 1e-17).
 
     Returns:
-        ``T`` within :data:`TEMPERATURE_RANGE`.
+        ``T`` within :data:`TEMPERATURE_RANGE`, or 1.0 (no scaling).
     """
     if len(labels) == 0:
         raise ValueError("fit_temperature needs at least one held-out sample")
     logits, labels = logits.detach().double().cpu(), labels.cpu()
+    errors = int((logits.argmax(-1) != labels).sum())
+    if errors == 0:
+        warnings.warn(
+            f"temperature scaling skipped (T = 1): all {len(labels)} held-out samples are "
+            "classified correctly, which leaves T undetermined; a larger "
+            "--calibration-holdout gives errors to fit T on",
+            stacklevel=2,
+        )
+        return 1.0
     # Relative to the label's logit, so that a slope of 1e-35 does not round to 0 against 1.
     margins = logits - logits.gather(1, labels[:, None])
 
@@ -85,18 +98,29 @@ def fit_temperature(logits: Tensor, labels: Tensor, iterations: int = 60) -> flo
     below_range, above_range = slope(hi) < 0, slope(lo) > 0
     if below_range or above_range:
         temperature = low if below_range else high
-        errors = int((logits.argmax(-1) != labels).sum())
         warnings.warn(
             f"temperature scaling: the NLL-optimal T is beyond {temperature} ({errors} of "
             f"{len(labels)} held-out samples misclassified); using T = {temperature}. "
             "A larger --calibration-holdout gives a better-determined T.",
             stacklevel=2,
         )
-        return temperature
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
-    return math.exp(-(lo + hi) / 2)
+    else:
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+        temperature = math.exp(-(lo + hi) / 2)
+
+    def nll(t: float) -> float:
+        return nn.functional.cross_entropy(logits / t, labels).item()
+
+    if nll(temperature) > nll(1.0):
+        warnings.warn(
+            f"temperature scaling dropped (T = 1): the fitted T = {temperature:.4g} gives a "
+            f"held-out NLL of {nll(temperature):.4f}, above {nll(1.0):.4f} at T = 1",
+            stacklevel=2,
+        )
+        return 1.0
+    return temperature
 
 
 @torch.no_grad()
