@@ -2,6 +2,8 @@
 
 import contextlib
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -286,3 +288,49 @@ def test_llm_rule_and_entropies_do_not_sync_with_the_host(device):
         top = topk_logprobs(scaled, labels, k=5)
         (grad,) = torch.autograd.grad((logprobs + entropy + top).sum(), logits)
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda raw: gaussian_era(raw, -1.0),
+        lambda raw: functional.truncated_gaussian_era(torch.zeros_like(raw), raw, -1.0),
+    ],
+    ids=["gaussian_era", "truncated_gaussian_era"],
+)
+def test_non_finite_raw_scale_is_refused_on_cpu(call, bad):
+    raw = torch.zeros(2, 3)
+    raw[1, 2] = bad
+    with pytest.raises(ValueError, match=r"^raw_scale must be in \(-inf, inf\), got (-?inf|nan)"):
+        call(raw)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "name"),
+    [
+        (-math.inf, 0.0, "log_std_min"),
+        (-8.0, math.inf, "log_std_max"),
+        (-8.0, math.nan, "log_std_max"),
+        (math.nan, 0.0, "log_std_min"),
+    ],
+)
+def test_non_finite_log_std_bounds_are_refused_naming_the_bound(low, high, name):
+    pattern = rf"^{name} must be in \(-inf, inf\)"
+    with pytest.raises(ValueError, match=pattern):
+        gaussian_era(torch.zeros(2, 3), -1.0, low, high)
+    with pytest.raises(ValueError, match=pattern):
+        functional.truncated_normal_entropy_bounds(low, high)
+    with pytest.raises(ValueError, match=pattern):
+        GaussianERA(-1.0, low, high)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_delta_tuner_refuses_a_non_finite_target(bad):
+    with pytest.raises(ValueError, match=r"^target_entropy must be in \(-inf, inf\)"):
+        DeltaTuner(bad)
+
+
+def test_testing_helpers_import_without_pytest():
+    code = "import sys; sys.modules['pytest'] = None; import era_core.testing"
+    subprocess.run([sys.executable, "-c", code], check=True)

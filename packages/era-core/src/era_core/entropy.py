@@ -13,6 +13,7 @@ from torch.distributions.utils import broadcast_all
 
 from era_core.validation import (
     check_dim,
+    check_finite,
     check_floating,
     check_range,
     check_shape,
@@ -198,6 +199,7 @@ class DeltaTuner(nn.Module):
         max_delta: float | None = None,
     ) -> None:
         super().__init__()
+        check_finite("target_entropy", target_entropy)
         if max_delta is not None:
             check_range("max_delta", max_delta, 0.0)
         check_range(

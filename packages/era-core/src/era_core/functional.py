@@ -28,9 +28,11 @@ from torch.autograd.function import once_differentiable
 from era_core.entropy import std_normal_cdf, std_normal_pdf
 from era_core.validation import (
     check_dim,
+    check_finite,
     check_floating,
     check_range,
     check_shape,
+    check_tensor_finite,
     check_tensor_range,
     checks_values,
     compute_dtype,
@@ -91,14 +93,16 @@ def gaussian_era(
             ``batch``, or a target is not finite or not below the maximum entropy
             ``D * (log_std_max + log(sqrt(2*pi*e)))`` (tensor targets: checked on CPU only).
 
-    A NaN in a row of ``raw_scale`` gives NaN log-stds in that row (no check on the hot path).
+    A NaN or infinite ``raw_scale`` is refused on CPU in eager mode (like every value check:
+    no host sync on an accelerator).
     """
     check_floating("raw_scale", raw_scale)
+    check_tensor_finite("raw_scale", raw_scale)
     if raw_scale.dim() == 0:
         raise ValueError(
             "raw_scale must have a last dimension of action dims D, got a 0-dim tensor"
         )
-    _check_log_std_bounds(log_std_min, log_std_max)
+    check_log_std_bounds(log_std_min, log_std_max)
     dim = raw_scale.shape[-1]
     max_entropy = dim * (log_std_max + _GAUSSIAN_UNIT_ENTROPY)
     _check_target_entropy(
@@ -117,7 +121,10 @@ def gaussian_era(
     return _round_up_to(log_std, raw_scale.dtype)
 
 
-def _check_log_std_bounds(log_std_min: float, log_std_max: float) -> None:
+def check_log_std_bounds(log_std_min: float, log_std_max: float) -> None:
+    """Refuse log-std bounds that are not finite or not ordered (an infinite one gives NaN)."""
+    for name, value in (("log_std_min", log_std_min), ("log_std_max", log_std_max)):
+        check_finite(name, value)
     check_range(
         "log_std_min",
         log_std_min,
@@ -627,7 +634,7 @@ def truncated_normal_entropy_bounds(log_std_min: float, log_std_max: float) -> t
     The entropies of the centred truncated normals ``N(0, exp(log_std)^2)`` on ``[-1, 1]``
     with ``log_std = log_std_min`` and ``log_std_max``; ``h_max < log 2`` (the uniform's).
     """
-    _check_log_std_bounds(log_std_min, log_std_max)
+    check_log_std_bounds(log_std_min, log_std_max)
     bounds = torch.tensor([log_std_min, log_std_max], dtype=torch.float64)
     entropy, _, _ = _truncated_entropy_terms(bounds, torch.zeros_like(bounds))
     return float(entropy[0]), float(entropy[1])
@@ -737,6 +744,7 @@ def truncated_gaussian_era(
     """
     check_floating("loc", loc)
     check_floating("raw_scale", raw_scale)
+    check_tensor_finite("raw_scale", raw_scale)
     h_min, h_max = truncated_normal_entropy_bounds(log_std_min, log_std_max)
     check_shape("loc", loc.shape, raw_scale.shape, "one centre per entry of raw_scale")
     if raw_scale.dim() == 0:

@@ -16,7 +16,7 @@ class GaussianERA(nn.Module):
         self, target_entropy: float, log_std_min: float = -8.0, log_std_max: float = 0.0
     ) -> None:
         super().__init__()
-        check_range("log_std_min", log_std_min, None, log_std_max, high_inclusive=False)
+        F.check_log_std_bounds(log_std_min, log_std_max)
         self.target_entropy = target_entropy
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max

@@ -1,25 +1,31 @@
-"""Test helpers shared by the ERA packages (import only from tests; needs pytest)."""
+"""Test helpers shared by the ERA packages (for tests; the helpers need pytest when called)."""
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytest
 import torch
+
+if TYPE_CHECKING:
+    import pytest
 
 __all__ = ["apply_gpu_policy", "cpu_and_cuda"]
 
 
 def cpu_and_cuda() -> tuple[Any, ...]:
     """Device parameters: ``"cpu"`` and ``"cuda"`` marked ``gpu`` (torchvision's ``cpu_and_cuda``)."""
+    import pytest  # here, so that importing this module needs no pytest
+
     return ("cpu", pytest.param("cuda", marks=pytest.mark.gpu))
 
 
-def apply_gpu_policy(items: list[pytest.Item]) -> None:
+def apply_gpu_policy(items: "list[pytest.Item]") -> None:
     """Skip ``gpu``-marked tests without CUDA; with ``ERA_REQUIRE_GPU=1``, fail the run instead.
 
     Call it from a package's ``pytest_collection_modifyitems`` hook, so a misconfigured
     GPU runner cannot pass by skipping everything.
     """
+    import pytest
+
     if torch.cuda.is_available():
         return
     if os.environ.get("ERA_REQUIRE_GPU") == "1":

@@ -13,10 +13,12 @@ from torch import Tensor
 
 __all__ = [
     "check_dim",
+    "check_finite",
     "check_floating",
     "check_positive",
     "check_range",
     "check_shape",
+    "check_tensor_finite",
     "check_tensor_range",
     "checks_values",
     "compute_dtype",
@@ -58,6 +60,11 @@ def check_range(
         raise ValueError(f"{name} must be in {interval}, got {value:.6g}{suffix}")
 
 
+def check_finite(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is finite (neither NaN nor infinite)."""
+    check_range(name, value, -math.inf, math.inf, low_inclusive=False, high_inclusive=False)
+
+
 def check_positive(name: str, value: float) -> None:
     """Raise ``ValueError`` unless ``value > 0``."""
     check_range(name, value, 0.0, None, low_inclusive=False)
@@ -96,6 +103,11 @@ def check_tensor_range(
             high_inclusive=high_inclusive,
             why=why,
         )
+
+
+def check_tensor_finite(name: str, tensor: Tensor) -> None:
+    """``check_finite`` for every element of ``tensor``, where ``checks_values(tensor)``."""
+    check_tensor_range(name, tensor, -math.inf, math.inf, low_inclusive=False, high_inclusive=False)
 
 
 def check_floating(name: str, tensor: Tensor) -> None:
