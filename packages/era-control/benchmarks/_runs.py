@@ -8,6 +8,7 @@ shorter run of its (task, arm) instead (``train sac --resume --steps``, which eq
 run of the longer budget).
 """
 
+import json
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from era_control import checkpoint
 from era_control.logging import METRICS_FILE, read_metrics
 from era_control.runs import ALGORITHMS
 
+REPO = Path(__file__).resolve().parents[3]
 # Student-t 0.975 quantiles by degrees of freedom (the normal's 1.96 beyond the table).
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -108,3 +111,35 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     half = t * diff.std(ddof=1) / np.sqrt(len(diff))
     return {"mean": float(diff.mean()), "ci95_low": float(diff.mean() - half),
             "ci95_high": float(diff.mean() + half)}  # fmt: skip
+
+
+def repo_path(path: str | Path) -> str:
+    """``path`` as result files name it: relative to the repository, or ``~/...`` under home.
+
+    Raises:
+        ValueError: The path is neither inside the repository nor under the home directory.
+    """
+    resolved = Path(path).expanduser().resolve()
+    for root, prefix in ((REPO, ""), (Path.home().resolve(), "~/")):
+        if resolved.is_relative_to(root):
+            return prefix + resolved.relative_to(root).as_posix()
+    raise ValueError(f"path {str(path)!r} is outside the repository {str(REPO)!r} and home")
+
+
+def _portable(value: Any) -> Any:
+    """``value`` with every path (a ``Path`` or an absolute path string) made ``repo_path``."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(v) for v in value]
+    if isinstance(value, Path) or (isinstance(value, str) and value.startswith(("/", "~"))):
+        return repo_path(value)
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, naming every path relative to the repository.
+
+    A result file must not record the absolute paths of the machine that produced it.
+    """
+    path.write_text(json.dumps(_portable(data), indent=2))

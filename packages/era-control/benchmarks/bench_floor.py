@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _runs import write_json
 
 from era_control import checkpoint, sac
 from era_control.buffers import ReplayBuffer
@@ -85,7 +86,7 @@ def main() -> None:
         keep = ("code", "distribution", "target_per_dim")
         rows = [r for r in rows if any(r[k] != row[k] for k in keep)] + [row]
         print(row, flush=True)
-    args.out.write_text(json.dumps({"rows": rows}, indent=2))
+    write_json(args.out, {"rows": rows})
     print("\n| code | distribution | target/dim | floor | min executed | mean executed | states |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -12,10 +12,9 @@ ones, so a long benchmark can be stopped and continued. Walker2d-v5, Ant-v5 and 
 """
 
 import argparse
-import json
 from pathlib import Path
 
-from _runs import command, run_all, run_dir
+from _runs import command, run_all, run_dir, write_json
 
 from era_control.plot import curve, plot_runs
 
@@ -59,16 +58,12 @@ def main() -> None:
     for (task, variant), path in runs.items():
         steps, mean, std = curve(path, "eval/return")  # mean ± std over seeds
         results.append({"task": task, "variant": variant, "step": int(steps[-1]), "seeds": args.seeds,
-                        "mean": float(mean[-1]), "std": float(std[-1]), "run_dir": str(path)})  # fmt: skip
+                        "mean": float(mean[-1]), "std": float(std[-1]), "run_dir": path})  # fmt: skip
     for task in args.tasks:
         plot_runs([runs[task, v] for v in args.variants], args.out / f"ppo_returns_{task}.png",
                   labels=args.variants, title=f"{task}, {args.seeds} seeds (mean ± std)")  # fmt: skip
-    setup = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {
-        "wall_s": wall
-    }
-    (args.out / "ppo_returns.json").write_text(
-        json.dumps({"setup": setup, "results": results}, indent=2)
-    )
+    setup = vars(args) | {"wall_s": wall}
+    write_json(args.out / "ppo_returns.json", {"setup": setup, "results": results})
 
     print(f"\nfinal deterministic return, {args.eval_episodes} episodes per seed, mean ± std over {args.seeds} seeds")  # fmt: skip
     print(f"| task | steps | {' | '.join(args.variants)} |\n|---|---|{'---|' * len(args.variants)}")

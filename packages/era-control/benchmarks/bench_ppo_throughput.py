@@ -18,7 +18,6 @@ of one setting still differ by up to 1.5x on a shared VM, so every run is listed
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from _runs import write_json
 
 from era_control import ppo, rng
 from era_control.logging import Logger
@@ -123,9 +123,8 @@ def main() -> None:
         "load_average": os.getloadavg(),
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ppo_throughput.json").write_text(
-        json.dumps({"setup": setup, "median": median, "runs": runs, "ratios": ratios}, indent=2)
-    )
+    write_json(args.out / "ppo_throughput.json",
+               {"setup": setup, "median": median, "runs": runs, "ratios": ratios})  # fmt: skip
 
 
 if __name__ == "__main__":

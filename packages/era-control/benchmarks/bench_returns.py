@@ -15,11 +15,18 @@ missing.
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-from _runs import command, eval_curves, paired_difference, run_all, run_dir, steps_done
+from _runs import (
+    command,
+    eval_curves,
+    paired_difference,
+    run_all,
+    run_dir,
+    steps_done,
+    write_json,
+)
 
 from era_control.plot import plot_runs
 
@@ -88,10 +95,8 @@ def main() -> None:
         if arms:
             plot_runs([runs[task, a] for a in arms], args.out / f"returns_{task.replace('/', '-')}.png",
                       labels=arms, title=f"{task}, {args.seeds} seeds (mean ± std)")  # fmt: skip
-    setup = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (args.out / "returns.json").write_text(json.dumps(
-        {"setup": setup | {"wall_s": wall}, "results": results, "missing": missing}, indent=2
-    ))  # fmt: skip
+    write_json(args.out / "returns.json",
+               {"setup": vars(args) | {"wall_s": wall}, "results": results, "missing": missing})  # fmt: skip
 
     print(f"\nfinal deterministic return, {args.eval_episodes} episodes per seed, "
           f"mean ± std over {args.seeds} paired seeds [per seed]")  # fmt: skip

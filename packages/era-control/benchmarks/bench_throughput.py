@@ -10,7 +10,6 @@ measured through the real trainer (``charts/sps`` over the timed window). Needs 
 """
 
 import argparse
-import json
 import math
 import platform
 import tempfile
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from _runs import write_json
 
 from era_control import sac
 from era_control.logging import METRICS_FILE, read_metrics
@@ -105,9 +105,7 @@ def main() -> None:
         "torch": torch.__version__, "cpu_count": __import__("os").cpu_count(), "machine": platform.machine(),
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "throughput.json").write_text(
-        json.dumps({"setup": setup, "sps": sps, "ratios": ratios}, indent=2)
-    )
+    write_json(args.out / "throughput.json", {"setup": setup, "sps": sps, "ratios": ratios})
 
 
 if __name__ == "__main__":
