@@ -170,7 +170,7 @@ def _groups(seed=0):
     return Groups(prompts, responses, rewards, {})
 
 
-def _update(model, cfg, groups):
+def _update(model, cfg, groups, ref_scorer=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     return update_policy(
@@ -184,6 +184,7 @@ def _update(model, cfg, groups):
         0,
         Distributed(0, 1, torch.device("cpu")),
         contextlib.nullcontext,
+        ref_scorer,
     )
 
 
@@ -287,21 +288,7 @@ def test_reference_is_scored_without_era(tiny_model_dir, omega_low, scaled):
     )
     model = load_model(str(tiny_model_dir))
     ref = TokenScorer(copy.deepcopy(model).requires_grad_(False))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    metrics = update_policy(
-        _groups(),
-        TokenScorer(model),
-        model,
-        optimizer,
-        scheduler,
-        LOSSES["grpo-era"],
-        cfg,
-        0,
-        Distributed(0, 1, torch.device("cpu")),
-        contextlib.nullcontext,
-        ref,
-    )
+    metrics = _update(model, cfg, _groups(), ref)
     assert (metrics["era/sharpened_frac"] > 0) == scaled
     if scaled:
         assert metrics["loss/kl"] > 1e-4
