@@ -6,6 +6,8 @@
 - ``era_core.entropy``: entropies, chunked log-prob/entropy passes, bounded-action helpers, ``DeltaTuner``.
 """
 
+from importlib.metadata import version
+
 from era_core import cli, entropy, functional, nn, validation
 from era_core.entropy import DeltaTuner, TruncatedNormal
 from era_core.functional import (
@@ -18,7 +20,8 @@ from era_core.functional import (
 )
 from era_core.nn import GaussianERA, SoftmaxERA, TruncatedGaussianERA
 
-__version__ = "0.2.0"
+# The one version source is pyproject.toml, read back from the installed distribution.
+__version__ = version("era-core")
 
 __all__ = [
     "DeltaTuner",
