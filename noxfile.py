@@ -6,19 +6,25 @@
 Each package is tested in its own environment synced with that package alone
 (`uv sync --package`), so a package that imports a sibling's dependency fails.
 
-    nox -k "tests and cpu"      # every CPU test of every package (the README's test command)
+    nox                         # the README's test command: CPU tests, lint, types, release check
     nox -s demo                 # the main job of each package on built-in defaults
+    nox -k installed            # the built wheels, as users install them (CPU runners, ~1 h)
     ERA_REQUIRE_GPU=1 nox -k "tests and gpu"   # GPU runners: fail, don't skip, without CUDA
 """
 
+import datetime
 import re
+import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import nox
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 nox.options.default_venv_backend = "uv"
-nox.options.keywords = "tests and cpu"
+nox.options.keywords = "(tests and cpu) or lint or typecheck or release"
 
 ROOT = Path(__file__).parent
 PACKAGES = ["era-core", "era-control", "era-llm", "era-vision"]
@@ -28,6 +34,16 @@ BENCH_EXTRAS = {"era-core": [], "era-control": ["bench"], "era-llm": ["trl"], "e
 # On GPU runners era-llm is tested with the real vLLM engine, which pins its own torch and so
 # lives in a separate fork of the lock (see [tool.uv] conflicts): group test-vllm, extra vllm.
 GPU_ENVIRONMENTS = {"era-llm": ("test-vllm", ["vllm", "lora"])}
+# The Python versions every package declares (its classifiers); the first is the one CI's test
+# command runs on, the others are run by the installed-wheel sessions.
+PYTHONS = ["3.11", "3.12", "3.13"]
+# What users install, as (python, dependencies): "newest" takes the newest versions the ranges
+# allow and the newest era-core, "lowest-core" the lowest era-core the package's range allows,
+# "lowest-direct" every direct dependency at its floor (uv's --resolution lowest-direct).
+INSTALLS = [
+    *((PYTHONS[0], deps) for deps in ("newest", "lowest-core", "lowest-direct")),
+    *((python, "newest") for python in PYTHONS[1:]),
+]
 # pytest marker expression per device.
 DEVICES = {"cpu": "not gpu", "gpu": "gpu"}
 # Each package's demo: the main job on built-in defaults, writing under runs/demo/<package>/,
@@ -91,12 +107,67 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("package", ["era-core"])
+@nox.parametrize("package", PACKAGES)
 def typecheck(session: nox.Session, package: str) -> None:
     """Pyright over a package's sources (strict for era-core, see pyproject.toml)."""
     sync(session, package, "typecheck")
     python = Path(session.virtualenv.location) / "bin" / "python"
     session.run("pyright", "--pythonpath", str(python), f"packages/{package}/src")
+
+
+@nox.session(name="release-check", python=False)
+def release_check(session: nox.Session) -> None:
+    """Versions, changelogs, licences and READMEs agree; `-- era-core-v0.3.0` also checks a tag."""
+    problems = release_problems(ROOT, session.posargs[0] if session.posargs else None)
+    if problems:
+        session.error("not releasable:\n  " + "\n  ".join(problems))
+    session.log(
+        "release metadata agrees: "
+        + ", ".join(f"{p} {project(ROOT, p)['version']}" for p in PACKAGES)
+    )
+
+
+@nox.session
+@nox.parametrize("python,deps", INSTALLS)
+@nox.parametrize("package", PACKAGES)
+def installed(session: nox.Session, package: str, deps: str) -> None:
+    """A package's tests against its wheel as a user installs it, beside the era-core wheel.
+
+    Both are built with `uv build --no-sources` (so the published ranges, not the workspace,
+    decide what is installed) into a fresh venv; src/ is not on the path, the wheel is tested.
+    """
+    if package == "era-core" and deps == "lowest-core":
+        session.skip("era-core is the core itself")
+    scratch = Path(session.create_tmp())
+    core_sources = era_core_sources(ROOT, scratch)
+    core_range = era_core_range(ROOT, package)
+    core_version = pick_era_core(core_range, core_sources, lowest=deps != "newest")
+    session.log(
+        f"era-core {core_version}: of {sorted(map(str, core_sources))}, within '{core_range}'"
+    )
+    wanted = [str(build_wheel(session, core_sources[core_version], scratch / "era-core-wheel"))]
+    if package != "era-core":
+        wheel = build_wheel(session, ROOT / "packages" / package, scratch / "wheel")
+        extras = ",".join(TEST_EXTRAS[package])
+        wanted.append(f"{wheel}[{extras}]" if extras else str(wheel))
+    resolution = ["--resolution", "lowest-direct"] if deps == "lowest-direct" else []
+    session.install(*resolution, *wanted, *dependency_group(ROOT, "test"))
+    module = package.replace("-", "_")
+    session.run(
+        "python",
+        "-c",
+        f"import {module}; assert 'site-packages' in {module}.__file__, {module}.__file__",
+    )
+    session.run("uv", "pip", "freeze")  # the versions this session tested, in its log
+    session.run(
+        "pytest",
+        f"packages/{package}/tests",
+        "-m",
+        "not gpu",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+    )
 
 
 @nox.session
@@ -171,3 +242,139 @@ def gather_demo_summaries(demo_root: Path, seconds: dict[str, tuple[float, float
             section = f"## {part}\n\n**Missing:** {part} wrote no `{part}/summary.md`."
         lines += ["", section]
     return "\n".join(lines) + "\n"
+
+
+def build_wheel(session: nox.Session, source: Path, out: Path) -> Path:
+    """Build one wheel from ``source`` as a package index would (no workspace sources)."""
+    for old in out.glob("*.whl"):
+        old.unlink()
+    session.run("uv", "build", "--wheel", "--no-sources", "--out-dir", str(out), str(source))
+    (wheel,) = out.glob("*.whl")
+    return wheel
+
+
+def project(root: Path, package: str) -> dict:
+    """The ``[project]`` table of a package's pyproject.toml."""
+    with (root / "packages" / package / "pyproject.toml").open("rb") as file:
+        return tomllib.load(file)["project"]
+
+
+def dependency_group(root: Path, group: str) -> list[str]:
+    """The requirements of one of the workspace's dependency groups."""
+    with (root / "pyproject.toml").open("rb") as file:
+        return tomllib.load(file)["dependency-groups"][group]
+
+
+def era_core_range(root: Path, package: str) -> str:
+    """The era-core versions a package's metadata allows (``""``, any, for era-core itself)."""
+    for line in project(root, package)["dependencies"]:
+        requirement = Requirement(line)
+        if requirement.name == "era-core":
+            return str(requirement.specifier)
+    return ""
+
+
+def era_core_sources(root: Path, scratch: Path) -> dict[Version, Path]:
+    """Every era-core a user could install: each released tag (exported under ``scratch``), and
+    the workspace's version, whose source is ``packages/era-core``."""
+    sources = {Version(project(root, "era-core")["version"]): root / "packages" / "era-core"}
+    tags = subprocess.run(
+        ["git", "tag", "--list", "era-core-v*"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for tag in tags:
+        folder = scratch / tag
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            archive = subprocess.run(
+                ["git", "archive", tag, "packages/era-core"],
+                cwd=root,
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+        sources.setdefault(
+            Version(tag.removeprefix("era-core-v")), folder / "packages" / "era-core"
+        )
+    return sources
+
+
+def pick_era_core(specifier: str, sources: dict[Version, Path], *, lowest: bool) -> Version:
+    """The lowest (or newest) era-core among ``sources`` that ``specifier`` allows."""
+    allowed = sorted(Requirement(f"era-core{specifier}").specifier.filter(sources))
+    if not allowed:
+        raise ValueError(
+            f"no era-core within '{specifier}': have {', '.join(map(str, sorted(sources)))}"
+        )
+    return allowed[0] if lowest else allowed[-1]
+
+
+_CHANGELOG_ENTRY = re.compile(r"^## (\S+) — (unreleased|\d{4}-\d{2}-\d{2})$", re.MULTILINE)
+_TAG = re.compile(r"^(era-[a-z]+)-v(\S+)$")
+
+
+def release_problems(root: Path, tag: str | None = None) -> list[str]:
+    """What stops a release, one line each (empty: releasable).
+
+    Every package: its CHANGELOG's first entry is ``## <pyproject version> — unreleased`` (or a
+    date), its LICENSE is the repository's, its README renders on a package index (links are
+    absolute; nothing points into ``shared/``), and a domain package's era-core range allows the
+    workspace's era-core. With ``tag`` (``<package>-v<version>``): that package has that version
+    and its entry is dated.
+    """
+    problems = []
+    licence = (root / "LICENSE").read_text()
+    core_version = project(root, "era-core")["version"]
+    for package in PACKAGES:
+        folder, version = root / "packages" / package, project(root, package)["version"]
+        entry = _CHANGELOG_ENTRY.search((folder / "CHANGELOG.md").read_text())
+        if entry is None or entry.group(1) != version:
+            found = (
+                f"'## {entry.group(1)} — {entry.group(2)}'"
+                if entry
+                else "no '## X.Y.Z — ...' entry"
+            )
+            problems.append(
+                f"{package}: CHANGELOG.md starts with {found}, pyproject.toml says {version}"
+            )
+        if not (folder / "LICENSE").is_file() or (folder / "LICENSE").read_text() != licence:
+            problems.append(f"{package}: LICENSE differs from the repository's LICENSE")
+        readme = (folder / "README.md").read_text()
+        for link in _LINK_TARGET.findall(readme):
+            if not re.match(r"^(https?:|mailto:|#)", link[1]):
+                problems.append(
+                    f"{package}: README.md links '{link[1]}', which a package index cannot show"
+                )
+        if "shared/" in readme:
+            problems.append(f"{package}: README.md names 'shared/', which no package ships")
+        core_range = era_core_range(root, package)
+        if (
+            package != "era-core"
+            and Version(core_version) not in Requirement(f"era-core{core_range}").specifier
+        ):
+            problems.append(
+                f"{package}: requires era-core{core_range}, the workspace's era-core is {core_version}"
+            )
+    if tag is not None:
+        match = _TAG.match(tag)
+        if match is None or match.group(1) not in PACKAGES:
+            return [
+                *problems,
+                f"tag '{tag}' is not <package>-v<version> for one of {', '.join(PACKAGES)}",
+            ]
+        package, tagged = match.groups()
+        version = project(root, package)["version"]
+        entry = _CHANGELOG_ENTRY.search((root / "packages" / package / "CHANGELOG.md").read_text())
+        if tagged != version:
+            problems.append(
+                f"tag '{tag}' names {tagged}, {package}'s pyproject.toml says {version}"
+            )
+        elif entry is not None and entry.group(2) == "unreleased":
+            today = datetime.date.today().isoformat()
+            problems.append(
+                f"{package}: date its CHANGELOG entry ('## {version} — {today}') before tagging"
+            )
+    return problems
