@@ -5,12 +5,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from era_core.testing import apply_gpu_policy
+from era_core.testing import apply_gpu_policy, duplicate_distributions
 
 # Tiny models run fastest (and do not fight other processes) on one thread.
 torch.set_num_threads(1)
 
 SHARED_MATH = Path(__file__).parents[3] / ".." / "shared" / "data" / "math"
+
+
+def pytest_configure(config):
+    # `--group test --extra vllm` merges two lock forks (vLLM pins its own torch and transformers):
+    # uv installs both versions over each other, and nothing run there means anything.
+    duplicated = duplicate_distributions()
+    if duplicated:
+        installed = ", ".join(f"{name} {' and '.join(v)}" for name, v in duplicated.items())
+        raise pytest.UsageError(
+            f"this environment holds two versions of: {installed}; an era-llm[vllm] environment "
+            "takes the test-vllm group: uv sync --package era-llm --group test-vllm --extra vllm"
+        )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,9 @@
 """Test helpers shared by the ERA packages (for tests; the helpers need pytest when called)."""
 
 import os
+import re
+from collections.abc import Iterable
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -8,7 +11,7 @@ import torch
 if TYPE_CHECKING:
     import pytest
 
-__all__ = ["apply_gpu_policy", "cpu_and_cuda"]
+__all__ = ["apply_gpu_policy", "cpu_and_cuda", "duplicate_distributions"]
 
 
 def cpu_and_cuda() -> tuple[Any, ...]:
@@ -34,3 +37,19 @@ def apply_gpu_policy(items: "list[pytest.Item]") -> None:
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def duplicate_distributions(
+    distributions: Iterable[metadata.Distribution] | None = None,
+) -> dict[str, list[str]]:
+    """Distributions installed more than once, as ``{name: [versions]}`` (default: this environment).
+
+    An installer that merges two incompatible lock forks leaves two ``dist-info`` folders of, say,
+    torch in one environment; the files on disk are then a mix of both, and tests that pass there
+    prove nothing. Call it from ``pytest_configure`` to refuse such an environment.
+    """
+    versions: dict[str, list[str]] = {}
+    for dist in metadata.distributions() if distributions is None else distributions:
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
+        versions.setdefault(name, []).append(dist.version)
+    return {name: sorted(v) for name, v in sorted(versions.items()) if len(v) > 1}
