@@ -150,8 +150,12 @@ def installed(session: nox.Session, package: str, deps: str) -> None:
         wheel = build_wheel(session, ROOT / "packages" / package, scratch / "wheel")
         extras = ",".join(TEST_EXTRAS[package])
         wanted.append(f"{wheel}[{extras}]" if extras else str(wheel))
-    resolution = ["--resolution", "lowest-direct"] if deps == "lowest-direct" else []
-    session.install(*resolution, *wanted, *dependency_group(ROOT, "test"))
+    # The wheels' own requirements are transitive to the installer: name them, so that
+    # lowest-direct puts torch, gymnasium, transformers... at their floors, not only pytest.
+    floors = ["--resolution", "lowest-direct", *declared_requirements(ROOT, package)]
+    session.install(
+        *(floors if deps == "lowest-direct" else []), *wanted, *dependency_group(ROOT, "test")
+    )
     module = package.replace("-", "_")
     session.run(
         "python",
@@ -263,6 +267,17 @@ def dependency_group(root: Path, group: str) -> list[str]:
     """The requirements of one of the workspace's dependency groups."""
     with (root / "pyproject.toml").open("rb") as file:
         return tomllib.load(file)["dependency-groups"][group]
+
+
+def declared_requirements(root: Path, package: str) -> list[str]:
+    """What a package and era-core require, with the package's test extras (era-core's range
+    itself left out: its wheel is named directly)."""
+    requirements = []
+    for name, extras in {"era-core": [], package: TEST_EXTRAS[package]}.items():
+        table = project(root, name)
+        requirements += table["dependencies"]
+        requirements += [r for extra in extras for r in table["optional-dependencies"][extra]]
+    return sorted({r for r in requirements if Requirement(r).name != "era-core"})
 
 
 def era_core_range(root: Path, package: str) -> str:

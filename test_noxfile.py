@@ -3,9 +3,18 @@
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 from packaging.version import Version
 
-from noxfile import PACKAGES, gather_demo_summaries, pick_era_core, project, release_problems
+from noxfile import (
+    PACKAGES,
+    ROOT,
+    declared_requirements,
+    gather_demo_summaries,
+    pick_era_core,
+    project,
+    release_problems,
+)
 
 
 def write(path: Path, text: str) -> None:
@@ -126,3 +135,10 @@ def test_the_era_core_a_range_allows_is_picked_lowest_or_newest():
         ValueError, match=r"no era-core within '>=0.4': have 0.1.0, 0.2.0, 0.2.3, 0.3.0"
     ):
         pick_era_core(">=0.4", sources, lowest=True)
+
+
+def test_lowest_direct_names_every_floor_of_the_package_and_era_core():
+    requirements = declared_requirements(ROOT, "era-control")
+    names = {Requirement(r).name for r in requirements}
+    assert {"torch", "gymnasium", "mujoco", "dm-control"} <= names  # era-core's, own, the dmc extra
+    assert "era-core" not in names  # its wheel is named directly
