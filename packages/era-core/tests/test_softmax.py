@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from era_core.entropy import categorical_entropy
 from era_core.functional import h_inverse, softmax_era, softmax_era_bounds, tight_constant
 from era_core.nn import SoftmaxERA
+from era_core.testing import requires_torch
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -184,11 +185,18 @@ def test_module_matches_function():
         SoftmaxERA(0.6, tau=2.0)
 
 
-def test_compiles_and_exports():
+def test_compiles():
+    module = torch.nn.Sequential(torch.nn.Linear(8, 10), SoftmaxERA(0.6))
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(torch.compile(module, backend="eager")(x), module(x))
+
+
+# Measured: torch 2.4-2.7 stop at "Unexpected type in sourceless builder builtins.method".
+@requires_torch("2.8", "earlier torch.export cannot trace softmax_era's autograd Function")
+def test_exports():
     module = torch.nn.Sequential(torch.nn.Linear(8, 10), SoftmaxERA(0.6))
     x = torch.randn(4, 8)
     expected = module(x)
-    torch.testing.assert_close(torch.compile(module, backend="eager")(x), expected)
     exported = torch.export.export(module, (x,))
     torch.testing.assert_close(exported.module()(x), expected)
 

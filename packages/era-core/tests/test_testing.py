@@ -1,6 +1,6 @@
 from importlib import metadata
 
-from era_core.testing import duplicate_distributions
+from era_core.testing import duplicate_distributions, requires_torch
 
 
 def _dist_info(root, name, version):
@@ -26,3 +26,11 @@ def test_duplicate_distributions_names_each_twice_installed_one(tmp_path):
 
 def test_this_environment_has_no_duplicates():
     assert duplicate_distributions() == {}
+
+
+def test_requires_torch_skips_only_below_the_minimum():
+    assert requires_torch("2.4", "floor").args == (False,)
+    older = requires_torch("999.0", "a future feature")
+    assert (
+        older.args == (True,) and older.kwargs["reason"] == "needs torch >= 999.0: a future feature"
+    )

@@ -7,11 +7,12 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.torch_version import TorchVersion
 
 if TYPE_CHECKING:
     import pytest
 
-__all__ = ["apply_gpu_policy", "cpu_and_cuda", "duplicate_distributions"]
+__all__ = ["apply_gpu_policy", "cpu_and_cuda", "duplicate_distributions", "requires_torch"]
 
 
 def cpu_and_cuda() -> tuple[Any, ...]:
@@ -19,6 +20,18 @@ def cpu_and_cuda() -> tuple[Any, ...]:
     import pytest  # here, so that importing this module needs no pytest
 
     return ("cpu", pytest.param("cuda", marks=pytest.mark.gpu))
+
+
+def requires_torch(minimum: str, reason: str) -> "pytest.MarkDecorator":
+    """Skip a test on a torch older than ``minimum``: a feature the declared torch floor lacks.
+
+    The installed-wheel tests run every package at its dependencies' floors too, so a test of
+    such a feature says which torch it needs instead of failing there.
+    """
+    import pytest
+
+    older = TorchVersion(torch.__version__) < minimum
+    return pytest.mark.skipif(older, reason=f"needs torch >= {minimum}: {reason}")
 
 
 def apply_gpu_policy(items: "list[pytest.Item]") -> None:
