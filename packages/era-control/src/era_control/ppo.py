@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -229,6 +230,8 @@ class PPO(nn.Module):
                 torch.full((seeds, 1, action_dim), init, device=device)
             )
         if cfg.era:
+            # PPOConfig.__post_init__ resolves both defaults.
+            assert cfg.delta_init is not None and cfg.learn_delta is not None
             self.target_entropy = cfg.entropy_target(action_dim)
             self.era = GaussianERA(self.target_entropy, cfg.log_std_min, cfg.log_std_max)
             self.delta = delta_tuner(
@@ -357,8 +360,10 @@ def _clip_grad_norm_per_seed_(params: Sequence[Tensor], max_norm: float) -> Tens
     grads = [p.grad for p in params if p.grad is not None]
     norms = torch.cat([g.flatten(1) for g in grads], dim=1).norm(dim=1)
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    # One foreach call, as torch's own clip_grad_norm_ does (the update is dispatch-bound).
-    torch._foreach_mul_(grads, [scale.view(-1, *[1] * (g.dim() - 1)) for g in grads])
+    # One foreach call, as torch's own clip_grad_norm_ does (the update is dispatch-bound);
+    # torch has no public name for its foreach ops, hence the ignore.
+    scales = [scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+    torch._foreach_mul_(grads, scales)  # pyright: ignore[reportPrivateImportUsage]
     return norms
 
 
@@ -446,7 +451,7 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
 def env_dims(env_id: str) -> tuple[int, int]:
     """Observation and action sizes of ``env_id`` (as wrapped by :func:`envs.make_env`)."""
     env = envs.make_env(env_id)
-    dims = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    dims = gym.spaces.flatdim(env.observation_space), gym.spaces.flatdim(env.action_space)
     env.close()
     return dims
 
