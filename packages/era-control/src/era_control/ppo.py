@@ -62,6 +62,10 @@ __all__ = [
 class PPOConfig(RunConfig):
     """``era-control train ppo``: PPO-ERA by default, PPO with ``--no-era``."""
 
+    # 2^20 = 512 rollouts of 2048, also a multiple of the rollouts of 2, 4, 8, ... envs.
+    steps: int = help_field(
+        1_048_576, "environment steps per seed; a multiple of the rollout size num_envs * num_steps"
+    )
     era: bool = help_field(
         True, "PPO-ERA (entropy floor by activation, no entropy bonus); --no-era: PPO"
     )
@@ -161,6 +165,14 @@ class PPOConfig(RunConfig):
             raise ValueError(
                 "norm_adv needs minibatches of >= 2 samples: num_envs * num_steps / "
                 f"num_minibatches = {self.minibatch_size}; lower num_minibatches or use --no-norm-adv"
+            )
+        if self.steps % self.batch_size:  # a run is whole rollouts: refuse, never round up
+            below = self.steps // self.batch_size * self.batch_size
+            nearest = " or ".join(str(n) for n in (below, below + self.batch_size) if n > 0)
+            raise ValueError(
+                f"steps must be a positive multiple of the rollout size num_envs * num_steps = "
+                f"{self.num_envs} * {self.num_steps} = {self.batch_size}, got {self.steps}; "
+                f"nearest valid: {nearest}"
             )
 
     @property
@@ -591,7 +603,7 @@ def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = cfg.torch_device()
-    seeds, iterations = cfg.seed_list(), math.ceil(cfg.steps / cfg.batch_size)
+    seeds, iterations = cfg.seed_list(), cfg.steps // cfg.batch_size
     generators = rng.generators(seeds, device)
     obs_dim, action_dim = env_dims(cfg.env)
     agent = PPO(cfg, generators, obs_dim, action_dim, device)
