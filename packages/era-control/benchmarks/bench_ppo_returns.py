@@ -1,10 +1,12 @@
 """PPO-ERA (state- and batch-level) vs PPO: final deterministic return and learning curves.
 
     python packages/era-control/benchmarks/bench_ppo_returns.py \
-        --tasks Hopper-v5 HalfCheetah-v5 --steps 500000 --seeds 3 [--jobs 3] [-- --num-envs 4]
+        --tasks Hopper-v5 HalfCheetah-v5 --steps 501760 --seeds 3 [--jobs 3] [-- --num-envs 4]
 
 Each (task, variant) pair is one ``era-control train ppo`` run with all seeds in one process
 (CleanRL's PPO settings unless extra flags follow ``--``); ``--jobs`` runs pairs in parallel.
+``--steps`` must be a multiple of the rollout size ``num_envs * num_steps``: 2048 by default
+(501,760 is 245 rollouts); with ``-- --num-envs 4`` it is 8192, e.g. ``--steps 507904``.
 Re-running the command resumes unfinished runs from their checkpoints and reuses finished
 ones, so a long benchmark can be stopped and continued. Walker2d-v5, Ant-v5 and 1M-3M steps
 (the paper's setting) run the same way. Writes ``results/ppo_returns.json`` and one
@@ -29,7 +31,9 @@ VARIANTS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["Hopper-v5", "HalfCheetah-v5"])
-    parser.add_argument("--steps", type=int, default=500_000, help="env steps per seed")
+    parser.add_argument(
+        "--steps", type=int, default=501_760, help="env steps per seed; whole rollouts"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--eval-every", type=int, default=20_000)

@@ -46,7 +46,7 @@ def metric_keys(run_dir):
 
 def agent(device="cpu", seeds=(0, 1, 2), obs_dim=5, action_dim=3, **overrides):
     cfg = ppo.PPOConfig(
-        env="Pendulum-v1", steps=1000, seeds=len(seeds), hidden=(32, 32), num_envs=2,
+        env="Pendulum-v1", steps=1024, seeds=len(seeds), hidden=(32, 32), num_envs=2,
         num_steps=32, num_minibatches=2, update_epochs=1, **overrides,
     )  # fmt: skip
     return ppo.PPO(cfg, rng.generators(seeds, device), obs_dim, action_dim, torch.device(device))
@@ -235,6 +235,20 @@ def test_bad_config_is_refused(overrides, message):
         ppo.PPOConfig(env="Pendulum-v1", **overrides)
 
 
+def test_steps_must_be_whole_rollouts():
+    # The default rollout is num_envs * num_steps = 1 * 2048: 512 steps used to run 2048.
+    with pytest.raises(ValueError, match=r"^steps must be a positive multiple") as error:
+        ppo.PPOConfig(env="Pendulum-v1", steps=512)
+    assert str(error.value) == (
+        "steps must be a positive multiple of the rollout size num_envs * num_steps = "
+        "1 * 2048 = 2048, got 512; nearest valid: 2048"
+    )
+    with pytest.raises(ValueError, match=r"= 2 \* 32 = 64, got 100; nearest valid: 64 or 128$"):
+        ppo.PPOConfig(env="Pendulum-v1", steps=100, num_envs=2, num_steps=32)
+    assert ppo.PPOConfig(env="Pendulum-v1", steps=3 * 2048).steps == 3 * 2048
+    assert ppo.PPOConfig(env="Pendulum-v1").steps % 2048 == 0  # the CLI's default
+
+
 def test_every_field_has_help_and_the_baseline_accepts_an_entropy_bonus():
     import dataclasses
 
@@ -286,6 +300,16 @@ def test_cli_refuses_indivisible_minibatches(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err == "error: num_minibatches must divide num_envs * num_steps = 30, got 32\n"
+    assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def test_cli_refuses_steps_that_are_not_whole_rollouts(tmp_path, capsys):
+    code = main(["train", "ppo", "--env", "Pendulum-v1", "--steps", "512", "--out", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "error: steps must be a positive multiple of the rollout size num_envs * num_steps = "
+        "1 * 2048 = 2048, got 512; nearest valid: 2048\n"
+    )
     assert not list(tmp_path.iterdir())  # nothing was started
 
 

@@ -124,7 +124,8 @@ def _plot(runs: dict[str, Path], out: Path, title: str) -> Path:
 
 def main() -> int:
     """``python -m era_control.demo``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # No docstring under python -OO.
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo/era-control"))
     parser.add_argument("--env", default="InvertedDoublePendulum-v5")
     parser.add_argument("--steps", type=int, default=8_000)

@@ -15,7 +15,7 @@ import os
 import pickle
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import gymnasium as gym
 import numpy as np
@@ -89,12 +89,16 @@ class _FlatFloat32Observation(gym.ObservationWrapper):
         super().__init__(env)
         self._source = env.observation_space
         flat = gym.spaces.flatten_space(env.observation_space)
+        if not isinstance(flat, gym.spaces.Box):  # Graph and Sequence spaces do not flatten
+            raise ValueError(f"observations must flatten to a vector, got {env.observation_space}")
         self.observation_space = gym.spaces.Box(
             flat.low.astype(np.float32), flat.high.astype(np.float32), flat.shape, np.float32
         )
 
     def observation(self, observation: object) -> np.ndarray:
-        return gym.spaces.flatten(self._source, observation).astype(np.float32)
+        # A space that flattens to a Box flattens its samples to arrays.
+        flat = cast(np.ndarray, gym.spaces.flatten(self._source, observation))
+        return flat.astype(np.float32)
 
 
 class _UnitAction(gym.ActionWrapper):
@@ -103,6 +107,7 @@ class _UnitAction(gym.ActionWrapper):
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         space = env.action_space
+        assert isinstance(space, gym.spaces.Box)  # make_env checks it, with a clear error
         self._low, self._high = space.low.astype(np.float64), space.high.astype(np.float64)
         self.action_space = gym.spaces.Box(-1.0, 1.0, space.shape, np.float32)
 
@@ -119,7 +124,8 @@ def make_env(env_id: str) -> gym.Env:
     The wrappers are plain classes (gymnasium's use closures), so envs can be snapshotted.
 
     Raises:
-        ValueError: Unknown id, a missing suite, or an action space that cannot be rescaled.
+        ValueError: Unknown id, a missing suite, observations that do not flatten to a vector,
+            or an action space that cannot be rescaled.
     """
     resolve_env_id(env_id)
     env = gym.make(env_id)
@@ -173,7 +179,7 @@ class _SnapshotPickler(pickle.Pickler):
         return NotImplemented
 
 
-def snapshot_envs(envs: gym.vector.VectorEnv) -> dict[str, Any]:
+def snapshot_envs(envs: gym.vector.SyncVectorEnv) -> dict[str, Any]:
     """Serialise a vector env's state, as exactly as the envs allow; never fails.
 
     - ``kind="pickle"``: the whole vector env with its simulator, RNG and wrapper state (exact).
@@ -188,7 +194,7 @@ def snapshot_envs(envs: gym.vector.VectorEnv) -> dict[str, Any]:
         return {"kind": "pickle", "data": buffer.getvalue()}
     except Exception as error:
         reason = f"{type(error).__name__}: {error}"
-    states = [_mujoco_state(env) for env in envs.envs]  # type: ignore[attr-defined]
+    states = [_mujoco_state(env) for env in envs.envs]
     if all(state is not None for state in states):
         return {"kind": "mujoco", "states": states, "reason": reason}
     return {"kind": "none", "reason": reason}
@@ -206,7 +212,7 @@ def _time_limit(env: gym.Env) -> gym.wrappers.TimeLimit | None:
 def _mujoco_state(env: gym.Env) -> dict[str, Any] | None:
     """MuJoCo simulator state, RNG and time-limit counter of one env, or None if not MuJoCo."""
     data = getattr(env.unwrapped, "data", None)
-    if not all(hasattr(data, k) for k in ("qpos", "qvel", "act", "time")):
+    if data is None or not all(hasattr(data, k) for k in ("qpos", "qvel", "act", "time")):
         return None
     limit = _time_limit(env)
     return {
@@ -219,14 +225,16 @@ def _mujoco_state(env: gym.Env) -> dict[str, Any] | None:
 def _set_mujoco_state(env: gym.Env, state: dict[str, Any]) -> None:
     import mujoco
 
-    base = env.unwrapped
+    base: Any = env.unwrapped  # duck-typed as in _mujoco_state: any env with MuJoCo's model/data
     base.data.qpos[:], base.data.qvel[:], base.data.act[:] = (
         state["qpos"],
         state["qvel"],
         state["act"],
     )
     base.data.time = state["time"]
-    mujoco.mj_forward(base.model, base.data)  # derived quantities from the restored state
+    # Derived quantities from the restored state. (mujoco ships no stubs: pyright cannot see the
+    # functions it star-imports from its compiled modules.)
+    mujoco.mj_forward(base.model, base.data)  # pyright: ignore[reportAttributeAccessIssue]
     generator = np.random.Generator(getattr(np.random, state["rng"]["bit_generator"])())
     generator.bit_generator.state = state["rng"]
     base.np_random = generator
@@ -243,7 +251,7 @@ class Restored(NamedTuple):
     use these observations and restart its episode statistics.
     """
 
-    envs: gym.vector.VectorEnv
+    envs: gym.vector.SyncVectorEnv
     note: str | None
     obs: np.ndarray | None
 
@@ -270,7 +278,7 @@ def restore_envs(
 
 def evaluate(
     policy: Callable[[np.ndarray], np.ndarray],
-    envs: gym.vector.VectorEnv,
+    envs: gym.vector.SyncVectorEnv,
     seeds: Sequence[int],
     episodes: int,
 ) -> np.ndarray:

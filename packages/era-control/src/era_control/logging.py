@@ -60,7 +60,7 @@ class Logger:
         self,
         step: int,
         metrics: Mapping[str, float | np.ndarray | torch.Tensor],
-        members: Sequence[int] | None = None,
+        members: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         """Record ``metrics`` at ``step`` for ``members`` (ensemble indices; default all)."""
         members = range(len(self.seeds)) if members is None else list(members)

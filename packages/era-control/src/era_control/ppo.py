@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -61,6 +62,10 @@ __all__ = [
 class PPOConfig(RunConfig):
     """``era-control train ppo``: PPO-ERA by default, PPO with ``--no-era``."""
 
+    # 2^20 = 512 rollouts of 2048, also a multiple of the rollouts of 2, 4, 8, ... envs.
+    steps: int = help_field(
+        1_048_576, "environment steps per seed; a multiple of the rollout size num_envs * num_steps"
+    )
     era: bool = help_field(
         True, "PPO-ERA (entropy floor by activation, no entropy bonus); --no-era: PPO"
     )
@@ -161,6 +166,14 @@ class PPOConfig(RunConfig):
                 "norm_adv needs minibatches of >= 2 samples: num_envs * num_steps / "
                 f"num_minibatches = {self.minibatch_size}; lower num_minibatches or use --no-norm-adv"
             )
+        if self.steps % self.batch_size:  # a run is whole rollouts: refuse, never round up
+            below = self.steps // self.batch_size * self.batch_size
+            nearest = " or ".join(str(n) for n in (below, below + self.batch_size) if n > 0)
+            raise ValueError(
+                f"steps must be a positive multiple of the rollout size num_envs * num_steps = "
+                f"{self.num_envs} * {self.num_steps} = {self.batch_size}, got {self.steps}; "
+                f"nearest valid: {nearest}"
+            )
 
     @property
     def batch_size(self) -> int:
@@ -229,6 +242,8 @@ class PPO(nn.Module):
                 torch.full((seeds, 1, action_dim), init, device=device)
             )
         if cfg.era:
+            # PPOConfig.__post_init__ resolves both defaults.
+            assert cfg.delta_init is not None and cfg.learn_delta is not None
             self.target_entropy = cfg.entropy_target(action_dim)
             self.era = GaussianERA(self.target_entropy, cfg.log_std_min, cfg.log_std_max)
             self.delta = delta_tuner(
@@ -357,8 +372,10 @@ def _clip_grad_norm_per_seed_(params: Sequence[Tensor], max_norm: float) -> Tens
     grads = [p.grad for p in params if p.grad is not None]
     norms = torch.cat([g.flatten(1) for g in grads], dim=1).norm(dim=1)
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    # One foreach call, as torch's own clip_grad_norm_ does (the update is dispatch-bound).
-    torch._foreach_mul_(grads, [scale.view(-1, *[1] * (g.dim() - 1)) for g in grads])
+    # One foreach call, as torch's own clip_grad_norm_ does (the update is dispatch-bound);
+    # torch has no public name for its foreach ops, hence the ignore.
+    scales = [scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+    torch._foreach_mul_(grads, scales)  # pyright: ignore[reportPrivateImportUsage]
     return norms
 
 
@@ -446,7 +463,7 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
 def env_dims(env_id: str) -> tuple[int, int]:
     """Observation and action sizes of ``env_id`` (as wrapped by :func:`envs.make_env`)."""
     env = envs.make_env(env_id)
-    dims = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    dims = gym.spaces.flatdim(env.observation_space), gym.spaces.flatdim(env.action_space)
     env.close()
     return dims
 
@@ -586,7 +603,7 @@ def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = cfg.torch_device()
-    seeds, iterations = cfg.seed_list(), math.ceil(cfg.steps / cfg.batch_size)
+    seeds, iterations = cfg.seed_list(), cfg.steps // cfg.batch_size
     generators = rng.generators(seeds, device)
     obs_dim, action_dim = env_dims(cfg.env)
     agent = PPO(cfg, generators, obs_dim, action_dim, device)

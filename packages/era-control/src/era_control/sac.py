@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -223,6 +224,8 @@ class SAC(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg, self.generators, seeds = cfg, generators, len(generators)
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        assert cfg.distribution is not None  # SACConfig.__post_init__ picks the default
         self.distribution = DISTRIBUTIONS[cfg.distribution]
         self.actor = EnsembleMLP(
             generators, obs_dim, cfg.hidden, 2 * action_dim, cfg.activation, False, device
@@ -273,7 +276,7 @@ class SAC(nn.Module):
         with torch.no_grad():
             next_sample = self.policy(batch.next_obs).sample(self.generators)
             next_q = self.critic_target(batch.next_obs, next_sample.action).min(dim=1).values
-            if not era:
+            if alpha is not None:  # SAC
                 next_q = next_q - alpha * next_sample.log_prob
             y = batch.reward + cfg.gamma * (1.0 - batch.terminated) * next_q
         q = self.critic(batch.obs, batch.action)  # (seeds, 2, batch)
@@ -286,7 +289,7 @@ class SAC(nn.Module):
         self.critic.requires_grad_(False)  # the actor's loss must not move the critics
         q_pi = self.critic(batch.obs, sample.action).min(dim=1).values
         self.critic.requires_grad_(True)
-        actor_loss = (-q_pi if era else alpha * sample.log_prob - q_pi).mean(-1)
+        actor_loss = (-q_pi if alpha is None else alpha * sample.log_prob - q_pi).mean(-1)
         _descend(self.actor_opt, actor_loss.sum())
 
         # SAC's temperature: alpha grows while H < target (SB3's log-alpha loss).
@@ -364,8 +367,8 @@ def build(
     device = device or cfg.torch_device()
     generators = rng.generators(cfg.seed_list(), device)
     train_envs = envs.make_vector_env(cfg.env, cfg.seeds)
-    obs_dim = int(np.prod(train_envs.single_observation_space.shape))
-    action_dim = int(np.prod(train_envs.single_action_space.shape))
+    obs_dim = gym.spaces.flatdim(train_envs.single_observation_space)
+    action_dim = gym.spaces.flatdim(train_envs.single_action_space)
     return SAC(cfg, generators, obs_dim, action_dim, device), train_envs, generators
 
 
@@ -382,7 +385,7 @@ def train(cfg: SACConfig, run_dir: str | Path, resume: bool = False) -> int:
     device = cfg.torch_device()
     seeds = cfg.seed_list()
     agent, train_envs, gens = build(cfg, device)
-    obs_dim, action_dim = agent.actor[0].weight.shape[1], agent.actor[-1].weight.shape[2] // 2
+    obs_dim, action_dim = agent.obs_dim, agent.action_dim
     buffer = ReplayBuffer(min(cfg.buffer_size, cfg.steps), cfg.seeds, obs_dim, action_dim, device)
     step, episode_return, episode_length = 0, np.zeros(cfg.seeds), np.zeros(cfg.seeds, dtype=int)
     if resume:
