@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     cls, run, _ = commands[vars(args).pop("command")]
-    del args.debug
+    vars(args).pop("debug")
 
     def body() -> int:
         return run(config_from_args(cls, args))
