@@ -229,3 +229,16 @@ def test_demo_writes_curves_and_table(tmp_path, capsys):
     assert summary.startswith("## era-control") and "](curves.png)" in summary
     assert f"{results['SAC-ERA']['final_mean']:.1f}" in summary  # the sentence uses the numbers
     assert "SAC-ERA" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["train"], ["train", "sac"], ["train", "ppo"], ["eval"], ["plot"], ["demo"]]
+)
+def test_help_has_no_rst_double_backticks(capsys, command):
+    # The help shows docstrings, which are reStructuredText.
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: era-control")
+    assert "``" not in out

@@ -4,6 +4,7 @@ from typing import Literal
 import pytest
 import yaml
 
+from era_llm.cli import main
 from era_llm.config import help_field, parse_config, save_config
 
 
@@ -60,3 +61,14 @@ def test_saved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["mode"] == "b"
     assert parse_config(Example, ["--config", str(tmp_path / "config.yaml")]) == cfg
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "demo"])
+def test_help_has_no_rst_double_backticks(capsys, command):
+    # The help shows the config's docstring, which is reStructuredText.
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: era-llm {command}")
+    assert "``" not in out

@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an agent (several seeds in one process)")
     algos = train.add_subparsers(dest="algo", required=True)
     for name, spec in ALGORITHMS.items():
-        sub = algos.add_parser(name, help=(spec.config.__doc__ or "").strip().splitlines()[0],
+        # The config's docstring is reStructuredText; --help shows its ``code`` as `code`.
+        summary = (spec.config.__doc__ or "").strip().splitlines()[0].replace("``", "`")
+        sub = algos.add_parser(name, help=summary,
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
         sub.add_argument(
             "--resume",

@@ -8,15 +8,18 @@ shows its traceback. Any other exception is a bug and keeps its traceback.
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from era_core.cli import debug_requested, report_usage_errors
 from era_llm.config import parse_config
 from era_llm.errors import UsageError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 __all__ = ["main"]
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
 
 
 def _config(cls: type[C], argv: list[str], prog: str) -> C:

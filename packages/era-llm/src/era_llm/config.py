@@ -11,13 +11,16 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 __all__ = ["help_field", "parse_config", "save_config"]
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
 
 
 def help_field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
@@ -85,7 +88,9 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str | None = None) 
         ValueError: The YAML file names a field ``cls`` does not have, or a required field is
             missing from both the file and the flags.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=(cls.__doc__ or "").split("\n")[0])
+    # The docstring is reStructuredText; --help shows its ``code`` as `code`.
+    description = (cls.__doc__ or "").split("\n")[0].replace("``", "`")
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", type=Path, help="YAML file of field values; flags override it")
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an error (or ERA_DEBUG=1)"

@@ -46,7 +46,7 @@ class Example:
             last ``\boxed{}`` holds the answer.
     """
 
-    prompt: str
+    prompt: Prompt
     answer: str
 
 
@@ -91,12 +91,13 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         raise UsageError(f"data: {path} holds no records")
     import datasets
     import pyarrow as pa
+    from datasets.exceptions import DatasetsError
 
     try:
         dataset = datasets.load_dataset(
             "parquet" if suffix == ".parquet" else "json", data_files=str(path), split="train"
         )
-    except (datasets.exceptions.DatasetsError, pa.ArrowException, ValueError) as error:
+    except (DatasetsError, pa.ArrowException, ValueError) as error:
         malformed = _malformed_json(path) if suffix != ".parquet" else None
         cause = error.__cause__ or error
         raise malformed or UsageError(

@@ -20,6 +20,7 @@ floor), token entropy, training reward and held-out pass@k (``demo.png``), the n
 import dataclasses
 import json
 import random
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -180,7 +181,7 @@ def make_problems(
     count: int,
     digits: int,
     rng: random.Random,
-    exclude: set[str] = frozenset(),
+    exclude: Set[str] = frozenset(),
     operation: Operation = "add",
 ) -> list[dict[str, str]]:
     """``count`` distinct ``{"question": "a+b=", "answer": "<a+b>"}`` problems not in ``exclude``.
@@ -284,14 +285,23 @@ def _plot(
         axis.set(title=title, xlabel="RL step")
     axes[0].axhline(omega_low, color="k", linestyle="--", linewidth=1, label="ERA omega_low")
     colors = {"sft": "k"} | {name: f"C{index}" for index, name in enumerate(runs)}
+    # The ticks are every k any evaluation reports (not just the last one's; none without evals).
+    all_ks = sorted(
+        {
+            int(key.split("@")[1])
+            for summary in evals.values()
+            for key in summary
+            if key.startswith("pass@")
+        }
+    )
     for name, summary in evals.items():
-        ks = [int(key.split("@")[1]) for key in summary if key.startswith("pass@")]
+        ks = [k for k in all_ks if f"pass@{k}" in summary]
         label = "warm start" if name == "sft" else name
         axes[3].plot(
             ks, [summary[f"pass@{k}"] for k in ks], marker="o", color=colors[name], label=label
         )
     axes[3].set(title="held-out pass@k", xlabel="k", xscale="log")
-    axes[3].set_xticks(ks, [str(k) for k in ks])
+    axes[3].set_xticks(all_ks, [str(k) for k in all_ks])
     axes[3].minorticks_off()
     for axis in axes:
         axis.grid(alpha=0.3)

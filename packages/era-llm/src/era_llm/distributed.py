@@ -7,7 +7,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeGuard
 
 import torch
 import torch.distributed as dist
@@ -15,6 +15,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from era_llm.errors import UsageError
+from era_llm.policy import TokenScorer
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 __all__ = [
     "Distributed",
@@ -133,7 +137,7 @@ def fsdp_available() -> bool:
 
 
 def parallelize(
-    scorer: nn.Module,
+    scorer: TokenScorer,
     parallel: Literal["ddp", "fsdp"],
     dist_info: Distributed,
     bf16: bool = False,
@@ -188,7 +192,7 @@ def parallelize(
     return scorer
 
 
-def _is_fsdp(module: nn.Module) -> bool:
+def _is_fsdp(module: nn.Module) -> TypeGuard["FSDPModule"]:
     if not fsdp_available():
         return False
     from torch.distributed.fsdp import FSDPModule
@@ -247,4 +251,5 @@ def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> float:
     """
     norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
     # Under FSDP the norm is a replicated DTensor.
-    return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
+    full_tensor = getattr(norm, "full_tensor", None)
+    return (full_tensor() if full_tensor is not None else norm).item()

@@ -88,7 +88,11 @@ def merged_state_dict(model: Any) -> dict[str, Tensor]:
     deltas = {}
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer) and not module.merged:
-            delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
+            delta = sum(
+                # PEFT defines get_delta_weight on each concrete LoraLayer, not on the base class.
+                module.get_delta_weight(a)  # pyright: ignore[reportAttributeAccessIssue]
+                for a in module.active_adapters
+            )
             deltas[f"{name}.base_layer.weight"] = delta
     merged = {}
     for key, value in base.state_dict().items():

@@ -59,7 +59,9 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     with _loading(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        # Any, as models are throughout: pyright reads transformers' functools.wraps-decorated
+        # ``to`` as an unbound function and would take ``device`` for ``self``.
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device)
 
 
@@ -76,7 +78,12 @@ def enable_activation_checkpointing(model: Any) -> None:
 
 
 def _topk_chunk(
-    hidden: Tensor, weight: Tensor, labels: Tensor, scale: Tensor | None, k: int, outside: str
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    scale: Tensor | None,
+    k: int,
+    outside: Literal["mask", "renormalise"],
 ) -> tuple[Tensor, Tensor]:
     logits = hidden @ weight.T
     entropy = categorical_entropy(logits)

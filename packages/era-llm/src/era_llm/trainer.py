@@ -641,19 +641,15 @@ def train(cfg: TrainConfig) -> Path:
     model.train()
     ref_scorer = None
     if cfg.kl_coef > 0:
-        ref_scorer = parallelize(
-            TokenScorer(
-                load_model(cfg.model, load_device, dtype).eval().requires_grad_(False),
-                cfg.logprob_chunk_size,
-                cfg.topk_logprobs,
-                cfg.topk_mode,
-                cfg.temperature,
-            ),
-            cfg.parallel,
-            dist,
-            bf16,
-            trainable=False,
+        ref_scorer = TokenScorer(
+            load_model(cfg.model, load_device, dtype).eval().requires_grad_(False),
+            cfg.logprob_chunk_size,
+            cfg.topk_logprobs,
+            cfg.topk_mode,
+            cfg.temperature,
         )
+        # Frozen, it is never wrapped (FSDP shards it in place), so it stays a TokenScorer.
+        parallelize(ref_scorer, cfg.parallel, dist, bf16, trainable=False)
 
     examples = load_examples(cfg.data, cfg.prompt_field, cfg.answer_field)
     encoded = [

@@ -81,7 +81,9 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], int], str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit code."""
     commands = _commands()
-    parser = argparse.ArgumentParser(prog="era-vision", description=__doc__)
+    # The module docstring is reStructuredText; --help shows its ``code`` as `code`.
+    description = (__doc__ or "").replace("``", "`")
+    parser = argparse.ArgumentParser(prog="era-vision", description=description)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_text) in commands.items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     cls, run, _ = commands[vars(args).pop("command")]
-    del args.debug
+    vars(args).pop("debug")
 
     def body() -> int:
         return run(config_from_args(cls, args))

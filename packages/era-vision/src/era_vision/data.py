@@ -15,7 +15,7 @@ import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -166,8 +166,10 @@ def _cifar(root: Path, download: bool, classes: int) -> ImageData:
 
 def _digits() -> ImageData:
     from sklearn.datasets import load_digits
+    from sklearn.utils import Bunch
 
-    digits = load_digits()
+    # Inferred as ``Bunch | tuple`` (the tuple is for return_X_y=True).
+    digits = cast(Bunch, load_digits())
     # Pixel values are 0..16; scale to the usual 0..255 range.
     images = torch.from_numpy(np.round(digits.images * 255 / 16).astype(np.uint8))[:, None]
     labels = torch.from_numpy(digits.target)
@@ -374,6 +376,7 @@ def build_transform(
     """
     augment = augment if train else "none"
     size = data.image_size
+    steps: list[torch.nn.Module]
     if data.in_memory:
         steps = [] if augment == "none" else [RandomCropFlip(size // 8, flip=data.hflip)]
     elif augment == "none":
@@ -385,7 +388,9 @@ def build_transform(
         steps.append(v2.RandAugment(num_ops=2, magnitude=9))
     steps.append(Normalize(data.mean, data.std))
     if augment == "randaugment":
-        steps.append(v2.RandomErasing(p=0.25, value="random" if erasing == "pixel" else 0))
+        value = "random" if erasing == "pixel" else 0
+        # torchvision annotates ``value`` as a float, but documents and accepts "random".
+        steps.append(v2.RandomErasing(p=0.25, value=value))  # pyright: ignore[reportArgumentType]
     return v2.Compose(steps)
 
 

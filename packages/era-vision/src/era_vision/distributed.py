@@ -56,5 +56,7 @@ def average_bn_stats(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             for buffer in (module.running_mean, module.running_var):
+                if buffer is None:  # typed optional; a module tracking running stats has both
+                    continue
                 dist.all_reduce(buffer)
                 buffer /= dist.get_world_size()

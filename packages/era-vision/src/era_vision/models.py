@@ -8,6 +8,7 @@ then any torchvision classification model.
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torchvision
@@ -115,8 +116,9 @@ def find_classifier(model: nn.Module) -> tuple[str, nn.Module]:
     Raises:
         ValueError: If no classifier can be found.
     """
-    if hasattr(model, "get_classifier"):
-        classifier = model.get_classifier()
+    get_classifier = getattr(model, "get_classifier", None)
+    if get_classifier is not None:
+        classifier = get_classifier()
         for path, module in model.named_modules():
             if module is classifier and path:
                 return path, module
@@ -146,8 +148,9 @@ def reset_classifier(model: nn.Module, num_classes: int) -> None:
     Uses the model's own ``reset_classifier`` (timm, registered models); otherwise replaces the
     last ``nn.Linear`` of the classifier that ``find_classifier`` locates (torchvision).
     """
-    if hasattr(model, "reset_classifier"):
-        model.reset_classifier(num_classes)
+    own_reset = getattr(model, "reset_classifier", None)
+    if own_reset is not None:
+        own_reset(num_classes)
         return
     path, classifier = find_classifier(model)
     linears = [(name, m) for name, m in classifier.named_modules() if isinstance(m, nn.Linear)]
@@ -282,7 +285,11 @@ def _torchvision_resnet(name: str) -> ModelBuilder:
     def build(
         num_classes: int, in_chans: int, image_size: int, drop_rate: float, **kwargs
     ) -> nn.Module:
-        model = torchvision.models.get_model(name, num_classes=num_classes, **kwargs)
+        # get_model is typed to return any nn.Module; these names are ResNets.
+        model = cast(
+            torchvision.models.ResNet,
+            torchvision.models.get_model(name, num_classes=num_classes, **kwargs),
+        )
         small = image_size <= SMALL_INPUT_MAX
         if small or in_chans != 3:
             # The CIFAR variant of He et al. (2016): a 7x7/2 stem plus max-pool would shrink a
@@ -292,7 +299,7 @@ def _torchvision_resnet(name: str) -> ModelBuilder:
             model.conv1 = nn.Conv2d(in_chans, width, kernel, stride, kernel // 2, bias=False)
             nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
             if small:
-                model.maxpool = nn.Identity()
+                model.maxpool = nn.Identity()  # pyright: ignore[reportAttributeAccessIssue]  # ResNet infers MaxPool2d
         return add_dropout(model, drop_rate)
 
     return build

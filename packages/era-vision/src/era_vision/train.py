@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.distributed as dist
@@ -52,6 +52,9 @@ from era_vision.losses import LOSSES, Regularizer
 from era_vision.models import get_model
 from era_vision.plots import write_report
 from era_vision.runlog import MetricLogger, atomic_save, load_checkpoint
+
+if TYPE_CHECKING:
+    from torch.optim.swa_utils import PARAM_LIST
 
 __all__ = [
     "TrainConfig",
@@ -304,10 +307,12 @@ def setup_data(cfg: TrainConfig, ctx: Dist) -> TrainData:
         data = load_data(cfg.data, cfg.download)
     base, holdout = split_holdout(data.train, cfg.calibration_holdout, cfg.seed)
     if cfg.train_subset is not None:
+        labels = dataset_labels(base)
         with user_input("--train-subset"):
-            check_range("train_subset", cfg.train_subset, 1, len(base), why=f"{cfg.data} train")
+            check_range("train_subset", cfg.train_subset, 1, len(labels), why=f"{cfg.data} train")
         # ImageFolder lists its images class by class: a prefix would drop whole classes.
-        base = Subset(base, stratified_split(dataset_labels(base), cfg.train_subset, cfg.seed)[1])
+        drawn = stratified_split(labels, cfg.train_subset, cfg.seed)[1]
+        base = Subset(base, drawn.tolist())
     train_set = AugmentedDataset(
         base, build_transform(cfg.augment, data, train=True, erasing=cfg.erasing), cfg.seed
     )
@@ -367,7 +372,9 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def ema_update(decay: float, warmup: bool) -> Callable[[list, list, Tensor], None]:
+def ema_update(
+    decay: float, warmup: bool
+) -> Callable[["PARAM_LIST", "PARAM_LIST", Tensor | int], None]:
     """``AveragedModel`` multi-average function: EMA, with timm's decay warm-up if asked.
 
     With warm-up the decay at the n-th update is ``min(decay, (1 + n) / (10 + n))``, so early
@@ -377,15 +384,19 @@ def ema_update(decay: float, warmup: bool) -> Callable[[list, list, Tensor], Non
     if not warmup:
         return get_ema_multi_avg_fn(decay)
 
+    # torch's fused list ops (what its own EMA uses) have no public names.
+    from torch import _foreach_add_, _foreach_copy_, _foreach_mul, _foreach_mul_  # pyright: ignore[reportPrivateImportUsage]
+
     @torch.no_grad()
-    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+    def update(averaged: "PARAM_LIST", current: "PARAM_LIST", num_averaged: Tensor | int) -> None:
         if not averaged[0].is_floating_point():  # counters such as num_batches_tracked
-            torch._foreach_copy_(averaged, current)
+            _foreach_copy_(averaged, current)
             return
-        n = num_averaged.to(averaged[0].dtype)
+        # AveragedModel passes its counter buffer (a tensor), typed as possibly an int.
+        n = torch.as_tensor(num_averaged, dtype=averaged[0].dtype)
         keep = torch.clamp((1 + n) / (10 + n), max=decay)
-        torch._foreach_mul_(averaged, keep)
-        torch._foreach_add_(averaged, torch._foreach_mul(current, 1 - keep))
+        _foreach_mul_(averaged, keep)
+        _foreach_add_(averaged, _foreach_mul(current, 1 - keep))
 
     return update
 
@@ -400,7 +411,8 @@ def setup_model(cfg: TrainConfig, data: ImageData, ctx: Dist) -> Trainee:
             raise UsageError("--dist-bn sync (SyncBatchNorm) needs CUDA; use reduce or broadcast")
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    net = net.to(ctx.device, memory_format=memory_format)
+    # Module.to takes memory_format at run time; torch's overloads leave it out.
+    net = net.to(ctx.device, memory_format=memory_format)  # pyright: ignore[reportCallIssue]
     ema = None
     if cfg.ema_decay > 0:
         update = ema_update(cfg.ema_decay, cfg.ema_warmup)
@@ -413,7 +425,8 @@ def setup_model(cfg: TrainConfig, data: ImageData, ctx: Dist) -> Trainee:
             broadcast_buffers=cfg.dist_bn == "broadcast",
         )
     if cfg.compile:
-        model = torch.compile(model)
+        # Typed as returning any callable; compiling a module gives a module (OptimizedModule).
+        model = cast(nn.Module, torch.compile(model))
     amp = cfg.amp and ctx.device.type == "cuda"
     fp16 = amp and cfg.amp_dtype == "float16"
     return Trainee(
@@ -647,7 +660,12 @@ def _train_step(
             images, labels = mix(images, labels)
         last = micro == cfg.grad_accum - 1
         # Gradients are all-reduced once per optimizer step, on the last micro-batch.
-        sync = trainee.model.no_sync() if ctx.world_size > 1 and not last else nullcontext()
+        # With several ranks the model is DDP-wrapped (a compiled wrapper forwards no_sync).
+        sync = (
+            cast(DistributedDataParallel, trainee.model).no_sync()
+            if ctx.world_size > 1 and not last
+            else nullcontext()
+        )
         with sync:
             dtype = trainee.autocast_dtype
             with torch.autocast(ctx.device.type, dtype, enabled=dtype != torch.float32):

@@ -7,9 +7,10 @@ imported only when this backend is built.
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import Tensor
 
 from era_llm.rollout import Sampling
 
@@ -44,7 +45,7 @@ class VLLMRollout:
         sleep: bool = False,
     ) -> None:
         try:
-            import vllm
+            import vllm  # pyright: ignore[reportMissingImports]  # the optional [vllm] extra
         except ImportError as error:
             raise ImportError("rollout=vllm needs vLLM: pip install 'era-llm[vllm]'") from error
         if not torch.cuda.is_available():
@@ -70,7 +71,7 @@ class VLLMRollout:
 
     def generate(self, prompts: Sequence[list[int]], sampling: Sampling) -> list[list[int]]:
         """``len(prompts) * sampling.n`` responses, grouped by prompt."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # pyright: ignore[reportMissingImports]  # [vllm] extra
 
         params = SamplingParams(
             n=sampling.n,
@@ -121,7 +122,11 @@ class VLLMRollout:
         state = (
             merged_state_dict(model)
             if is_lora(model)
-            else get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+            # Typed as any state value; a model's full state dict holds only tensors.
+            else cast(
+                dict[str, Tensor],
+                get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)),
+            )
         )
         weights = [(name, tensor.detach()) for name, tensor in state.items()]
         # Asleep, the engine's KV cache stays freed until the next generate.
