@@ -110,7 +110,7 @@ def lint(session: nox.Session) -> None:
 @nox.parametrize("package", PACKAGES)
 def typecheck(session: nox.Session, package: str) -> None:
     """Pyright over a package's sources (strict for era-core, see pyproject.toml)."""
-    sync(session, package, "typecheck")
+    sync(session, package, "typecheck", extras=TEST_EXTRAS[package])  # peft, timm are imported
     python = Path(session.virtualenv.location) / "bin" / "python"
     session.run("pyright", "--pythonpath", str(python), f"packages/{package}/src")
 
