@@ -64,6 +64,10 @@ def start_run(algo: str, cfg: config.RunConfig) -> Generator[Path]:
     )
     if (run_dir / "checkpoint.pt").exists():  # before the lock, which would add its file
         raise exists
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)  # here, so that the error names --out
+    except OSError as error:
+        raise _unwritable(cfg, run_dir, error) from error
     with hold_run_dir(run_dir):
         if (run_dir / "checkpoint.pt").exists():  # written before the lock was ours
             raise exists
@@ -79,11 +83,15 @@ def start_run(algo: str, cfg: config.RunConfig) -> Generator[Path]:
             config.save_yaml(cfg, run_dir / "config.yaml")
             (run_dir / "run.yaml").write_text(yaml.safe_dump({"algo": algo, "command": sys.argv}))
         except OSError as error:
-            raise UsageError(
-                f"--out {cfg.out!r}: cannot create the run directory {str(run_dir)!r} "
-                f"({error.strerror or error})"
-            ) from error
+            raise _unwritable(cfg, run_dir, error) from error
         yield run_dir
+
+
+def _unwritable(cfg: config.RunConfig, run_dir: Path, error: OSError) -> UsageError:
+    return UsageError(
+        f"--out {cfg.out!r}: cannot create the run directory {str(run_dir)!r} "
+        f"({error.strerror or error})"
+    )
 
 
 def load_run(run_dir: Path) -> tuple[str, Algorithm, Any]:
