@@ -12,6 +12,7 @@ from cli_asserts import exit_code, one_line_error, same_agent
 
 from era_control import checkpoint
 from era_control.cli import main
+from era_core.testing import folder_digest, held_run_dir
 
 TINY = [
     "--steps", "300", "--learning-starts", "100", "--eval-every", "150", "--eval-episodes", "1",
@@ -242,3 +243,43 @@ def test_help_has_no_rst_double_backticks(capsys, command):
     out = capsys.readouterr().out
     assert out.startswith("usage: era-control")
     assert "``" not in out
+
+
+def test_a_second_process_on_a_run_is_refused_and_changes_nothing(tmp_path, capsys):
+    _, run_dir = train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "100")
+    with held_run_dir(run_dir) as pid:
+        before = folder_digest(run_dir)
+        capsys.readouterr()
+        # --resume twice at once, and the same --run-name again (before the first checkpoint it
+        # would delete the folder of a killed run, so it must not touch one that is running).
+        (run_dir / "checkpoint.pt").rename(tmp_path / "checkpoint.pt")
+        before_fresh = folder_digest(run_dir)
+        assert exit_code(["train", "sac", *TINY, "--env", "Pendulum-v1", "--out", str(tmp_path),
+                          "--run-name", "run"]) == 2  # fmt: skip
+        one_line_error(capsys, f"run folder '{run_dir}' is in use by process {pid} ")
+        assert folder_digest(run_dir) == before_fresh
+        (tmp_path / "checkpoint.pt").rename(run_dir / "checkpoint.pt")
+        assert exit_code(["train", "sac", "--resume", str(run_dir), "--steps", "200"]) == 2
+        one_line_error(capsys, f"run folder '{run_dir}' is in use by process {pid} ")
+        assert folder_digest(run_dir) == before
+    # The holder was SIGKILLed: its lock went with it, and the run resumes.
+    assert main(["train", "sac", "--resume", str(run_dir), "--steps", "200"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--buffer-size", "50", "--batch-size", "64"], "buffer_size must be in [64, inf), got 50"),
+        (["--log-std-max", "nan"], "log_std_max must be in (-inf, inf), got nan"),
+        (["--log-std-max", "inf"], "log_std_max must be in (-inf, inf), got inf"),
+        (["--log-std-min=-inf"], "log_std_min must be in (-inf, inf), got -inf"),
+    ],
+)
+def test_settings_that_would_run_nothing_are_refused(tmp_path, capsys, flags, message):
+    train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "100")
+    before = folder_digest(tmp_path)
+    capsys.readouterr()
+    assert exit_code(["train", "sac", *TINY, "--env", "Pendulum-v1", "--out", str(tmp_path),
+                      "--run-name", "run", *flags]) == 2  # fmt: skip
+    one_line_error(capsys, message)
+    assert folder_digest(tmp_path) == before

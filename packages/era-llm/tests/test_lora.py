@@ -9,8 +9,9 @@ import pytest
 import torch
 from tiny_runs import parity_reward, tiny_train_config
 
-from era_core.cli import UsageError
+from era_core.cli import LOCK_FILE, UsageError
 from era_llm import rewards
+from era_llm.cli import main
 from era_llm.lora import ADAPTER_DIR, add_lora, is_lora, merged_state_dict
 from era_llm.policy import TokenScorer, load_model
 from era_llm.trainer import train
@@ -185,3 +186,17 @@ def test_resume_with_a_missing_base_model_names_the_model(
     with pytest.raises(UsageError) as refused:
         train(_cfg(base, addition_data, out, max_steps=2, save_every=1, resume=True))
     assert str(base) in str(refused.value) and "checkpoint" not in str(refused.value)
+
+
+def test_an_unknown_target_module_is_refused_before_anything_is_written(
+    tmp_path, capsys, train_argv
+):
+    out = tmp_path / "run"
+    argv = train_argv(out, "--lora-rank", 4, "--lora-target-modules", "q_proj", "q_prj")
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("error: lora_target_modules: the model has no module named q_prj (")
+    assert "k_proj, lm_head" in last  # the names it has
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]  # no config, metrics or checkpoint

@@ -8,6 +8,7 @@ import pytest
 import torch
 from tiny_runs import parity_reward, tiny_train_config
 
+from era_core.testing import folder_digest, held_run_dir
 from era_llm import rewards
 from era_llm.cli import main
 from era_llm.data import PromptSampler
@@ -584,3 +585,30 @@ def test_the_trainer_scores_at_the_sampling_temperature(tmp_path, train_argv, pa
     argv = ("--temperature", 0.7, "--topk-logprobs", 3, "--kl-coef", 0.1, "--max-steps", 1)
     main(train_argv(tmp_path / "run", *argv))
     assert built == [(0.7, 3, "mask"), (0.7, 3, "mask")]  # the KL reference and the policy
+
+
+def test_a_second_process_in_the_output_dir_is_refused_and_changes_nothing(
+    tmp_path, capsys, train_argv, parity
+):
+    out = tmp_path / "run"
+    main(train_argv(out, "--max-steps", 1))
+    with held_run_dir(out) as pid:
+        before = folder_digest(out)
+        # The same run (it would continue) and --overwrite (it would delete the run).
+        for extra in (["--max-steps", 1], ["--max-steps", 2, "--overwrite"]):
+            stderr = _usage_error(capsys, train_argv(out, *extra))
+            assert f"output_dir: run folder '{out}' is in use by process {pid} " in stderr
+            assert folder_digest(out) == before
+    main(train_argv(out, "--max-steps", 2, "--resume"))  # the holder was killed: its lock is free
+    assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2]
+
+
+def test_a_template_without_the_prompt_is_refused(tmp_path, capsys, train_argv, parity):
+    out = tmp_path / "run"
+    main(train_argv(out, "--max-steps", 1))
+    before = folder_digest(out)
+    stderr = _usage_error(capsys, train_argv(out, "--prompt-template", "Solve it."))
+    assert (
+        "prompt_template must contain {prompt}, where each question goes, got 'Solve it.'" in stderr
+    )
+    assert folder_digest(out) == before

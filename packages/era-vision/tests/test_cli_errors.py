@@ -9,6 +9,7 @@ from PIL import Image
 from torch import nn
 
 from era_core.cli import UsageError
+from era_core.testing import folder_digest, held_run_dir
 from era_vision.cli import main
 from era_vision.models import register_model
 
@@ -87,6 +88,7 @@ def test_corrupt_image_is_named_and_the_checkpoint_kept(tmp_path, capsys, worker
     args = ["train", "--data", f"imagenet:{tmp_path / 'data'}", "--model", "test_pool_linear"]
     args += ["--batch-size", "4", "--device", "cpu", "--augment", "none", "--out", str(run)]
     args += ["--warmup-epochs", "0", "--epochs", "2", "--workers", str(workers)]
+    args += ["--calibration-holdout", "0"]  # 5% of 8 images is none
     assert main([*args, "--max-steps", "2"]) == 0  # one epoch of 8 images
     saved = torch.load(run / "checkpoint.pt", weights_only=True)
     bad = tmp_path / "data" / "train" / "dog" / "1.png"
@@ -164,3 +166,33 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("ERA_DEBUG", "1")
     with pytest.raises(UsageError, match="unknown model"):
         main(args)
+
+
+def test_a_second_training_in_one_out_is_refused_and_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *TINY, "--model", "mlp", "--epochs", "1", "--out", str(run)]
+    assert main(args) == 0
+    with held_run_dir(run) as pid:
+        before = folder_digest(run)
+        capsys.readouterr()
+        for extra in ([], ["--epochs", "2"], ["--no-resume"], ["--test-only"]):
+            line = _error_line(capsys, [*args, *extra])
+            assert line == (
+                f"error: --out: run folder '{run}' is in use by process {pid} (one process per "
+                "run folder: wait for it to end, or use another folder)"
+            )
+            assert folder_digest(run) == before
+    assert main(args) == 0  # the holder was killed: its lock is free
+
+
+def test_a_holdout_that_rounds_to_no_image_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *TINY, "--model", "mlp", "--epochs", "1", "--out", str(run)]
+    assert main(args) == 0
+    before = folder_digest(run)
+    capsys.readouterr()
+    line = _error_line(capsys, [*args, "--calibration-holdout", "1e-9"])
+    assert line.startswith("error: calibration_holdout must be in (")
+    assert "got 1e-09 (or 0: below that it holds out no image of the " in line
+    assert line.endswith("(--calibration-holdout)")
+    assert folder_digest(run) == before

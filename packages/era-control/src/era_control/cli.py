@@ -15,7 +15,7 @@ from pathlib import Path
 from era_control import checkpoint, config, envs
 from era_control.plot import plot_runs
 from era_control.runs import ALGORITHMS, evaluate_run, load_run, start_run
-from era_core.cli import UsageError, debug_requested, report_usage_errors
+from era_core.cli import UsageError, debug_requested, hold_run_dir, report_usage_errors
 
 __all__ = ["build_parser", "main"]
 
@@ -43,9 +43,9 @@ def _train(args: argparse.Namespace) -> int:
             cfg = config.resolve(spec.config, args, spec.presets)
             envs.make_env(cfg.env).close()  # refuse e.g. discrete actions before any folder exists
         _check_device(cfg.device)
-        run_dir = start_run(args.algo, cfg)
-        print(f"run directory: {run_dir}")
-        return spec.train(cfg, run_dir, False)
+        with start_run(args.algo, cfg) as run_dir:
+            print(f"run directory: {run_dir}")
+            return spec.train(cfg, run_dir, False)
     given = sorted(f.name for f in dataclasses.fields(spec.config) if hasattr(args, f.name))
     steps = getattr(args, "steps", None)
     if steps is not None:
@@ -56,25 +56,27 @@ def _train(args: argparse.Namespace) -> int:
             f"drop {given or ['--config/--preset']}"
         )
     run_dir = Path(args.resume)
+    # load_run only reads: a folder that is not a run gets no lock file.
     algo, _, cfg = load_run(run_dir)
     if algo != args.algo:
         raise UsageError(
             f"{str(run_dir)!r} is a {algo} run: resume it with `train {algo} --resume`"
         )
-    state = checkpoint.load(run_dir / "checkpoint.pt")
-    # `steps` is the one field a resume may change (an extension killed before its first
-    # checkpoint leaves config.yaml ahead of the checkpoint).
-    saved = {**state["config"], "steps": cfg.steps} if spec.extendable else state["config"]
-    edited = sorted(k for k, v in config.to_dict(cfg).items() if saved.get(k) != v)
-    if edited:
-        raise UsageError(
-            f"{str(run_dir / 'config.yaml')!r} was edited since the checkpoint ({edited}); "
-            "restore it, or start a new run with --config"
-        )
-    if steps is not None and steps != cfg.steps:
-        cfg = _extend(run_dir, algo, cfg, steps, int(state["step"]))
-    _check_device(cfg.device)
-    return spec.train(cfg, run_dir, True)
+    with hold_run_dir(run_dir):
+        state = checkpoint.load(run_dir / "checkpoint.pt")
+        # `steps` is the one field a resume may change (an extension killed before its first
+        # checkpoint leaves config.yaml ahead of the checkpoint).
+        saved = {**state["config"], "steps": cfg.steps} if spec.extendable else state["config"]
+        edited = sorted(k for k, v in config.to_dict(cfg).items() if saved.get(k) != v)
+        if edited:
+            raise UsageError(
+                f"{str(run_dir / 'config.yaml')!r} was edited since the checkpoint ({edited}); "
+                "restore it, or start a new run with --config"
+            )
+        if steps is not None and steps != cfg.steps:
+            cfg = _extend(run_dir, algo, cfg, steps, int(state["step"]))
+        _check_device(cfg.device)
+        return spec.train(cfg, run_dir, True)
 
 
 def _extend(

@@ -32,9 +32,9 @@ def run(
             eval_episodes=3, log_every=max(steps // 40, 1), hidden=(64, 64), batch_size=128,
             tensorboard=False,
         )  # fmt: skip
-        run_dir = start_run("sac", cfg)
-        print(f"== {label}: {run_dir}", flush=True)
-        code = sac.train(cfg, run_dir)
+        with start_run("sac", cfg) as run_dir:
+            print(f"== {label}: {run_dir}", flush=True)
+            code = sac.train(cfg, run_dir)
         if code:
             return code
         runs[label] = run_dir

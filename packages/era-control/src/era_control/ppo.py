@@ -43,7 +43,7 @@ from era_control.networks import EnsembleLinear, EnsembleMLP
 from era_control.normalize import RewardScaler, RunningMeanStd
 from era_core.entropy import gaussian_entropy
 from era_core.nn import GaussianERA
-from era_core.validation import check_positive, check_range
+from era_core.validation import check_finite, check_positive, check_range
 
 __all__ = [
     "PPO",
@@ -123,6 +123,8 @@ class PPOConfig(RunConfig):
     def __post_init__(self) -> None:
         """Validate; every error names the flag and its allowed range."""
         super().__post_init__()
+        for name in ("log_std_min", "log_std_max"):  # NaN would pass the comparison below
+            check_finite(name, getattr(self, name))
         check_range(
             "log_std_min",
             self.log_std_min,

@@ -3,10 +3,11 @@
 Shared by the CLI and the demo (which must not import each other).
 """
 
+import contextlib
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import yaml
 
 from era_control import checkpoint, config, envs, ppo, sac
-from era_core.cli import UsageError
+from era_core.cli import LOCK_FILE, UsageError, hold_run_dir
 
 __all__ = ["ALGORITHMS", "Algorithm", "evaluate_run", "load_run", "start_run"]
 
@@ -40,35 +41,57 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
-def start_run(algo: str, cfg: config.RunConfig) -> Path:
-    """Create the run directory and write ``config.yaml`` (the resolved config) and ``run.yaml``.
+@contextlib.contextmanager
+def start_run(algo: str, cfg: config.RunConfig) -> Generator[Path]:
+    """Create the run directory and own it until the block ends (``era_core.cli.hold_run_dir``).
 
-    A directory left by a run killed before its first checkpoint is started again.
+    Writes ``config.yaml`` (the resolved config) and ``run.yaml``.
+
+    A directory left by a run killed before its first checkpoint is started again; a run still
+    in it holds its lock, so nothing is deleted then.
 
     Raises:
-        UsageError: The run exists (resume it instead), or ``--out`` cannot hold it.
+        UsageError: The run exists (resume it instead), another process holds it, or ``--out``
+            cannot hold it.
     """
     name = cfg.run_name or "__".join([
         cfg.env.replace("/", "-"), f"{algo}-era" if getattr(cfg, "era", False) else algo,
         f"s{cfg.seed}-{cfg.seed + cfg.seeds - 1}", time.strftime("%Y%m%d-%H%M%S"),
     ])  # fmt: skip
     run_dir = Path(cfg.out) / name
-    if (run_dir / "checkpoint.pt").exists():
-        raise UsageError(
-            f"run directory {str(run_dir)!r} exists: resume it with --resume or pick --run-name"
-        )
+    exists = UsageError(
+        f"run directory {str(run_dir)!r} exists: resume it with --resume or pick --run-name"
+    )
+    if (run_dir / "checkpoint.pt").exists():  # before the lock, which would add its file
+        raise exists
     try:
-        if (run_dir / "run.yaml").exists():  # killed before its first checkpoint
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save_yaml(cfg, run_dir / "config.yaml")
-        (run_dir / "run.yaml").write_text(yaml.safe_dump({"algo": algo, "command": sys.argv}))
+        run_dir.mkdir(parents=True, exist_ok=True)  # here, so that the error names --out
     except OSError as error:
-        raise UsageError(
-            f"--out {cfg.out!r}: cannot create the run directory {str(run_dir)!r} "
-            f"({error.strerror or error})"
-        ) from error
-    return run_dir
+        raise _unwritable(cfg, run_dir, error) from error
+    with hold_run_dir(run_dir):
+        if (run_dir / "checkpoint.pt").exists():  # written before the lock was ours
+            raise exists
+        try:
+            if (run_dir / "run.yaml").exists():  # killed before its first checkpoint
+                for path in run_dir.iterdir():
+                    if path.name == LOCK_FILE:
+                        continue
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+            config.save_yaml(cfg, run_dir / "config.yaml")
+            (run_dir / "run.yaml").write_text(yaml.safe_dump({"algo": algo, "command": sys.argv}))
+        except OSError as error:
+            raise _unwritable(cfg, run_dir, error) from error
+        yield run_dir
+
+
+def _unwritable(cfg: config.RunConfig, run_dir: Path, error: OSError) -> UsageError:
+    return UsageError(
+        f"--out {cfg.out!r}: cannot create the run directory {str(run_dir)!r} "
+        f"({error.strerror or error})"
+    )
 
 
 def load_run(run_dir: Path) -> tuple[str, Algorithm, Any]:

@@ -47,7 +47,7 @@ from era_core.functional import (
     truncated_gaussian_era,
     truncated_normal_entropy_bounds,
 )
-from era_core.validation import check_positive, check_range
+from era_core.validation import check_finite, check_positive, check_range
 
 __all__ = [
     "PRESETS",
@@ -110,6 +110,8 @@ class SACConfig(RunConfig):
     def __post_init__(self) -> None:
         """Validate; every error names the flag and its allowed range."""
         super().__post_init__()
+        for name in ("log_std_min", "log_std_max"):  # NaN would pass the comparison below
+            check_finite(name, getattr(self, name))
         check_range(
             "log_std_min",
             self.log_std_min,
@@ -144,7 +146,11 @@ class SACConfig(RunConfig):
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden must be one or more positive widths, got {self.hidden}")
         check_range("batch_size", self.batch_size, 1)
-        check_range("buffer_size", self.buffer_size, 1)
+        check_range(
+            "buffer_size", self.buffer_size, self.batch_size,
+            why=f"at least batch_size={self.batch_size}: a smaller buffer never holds a batch, "
+            "so no update would ever run",
+        )  # fmt: skip
         check_range("learning_starts", self.learning_starts, 0)
         check_range("updates_per_step", self.updates_per_step, 1)
         if self.save_buffer is None:

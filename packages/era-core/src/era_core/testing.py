@@ -1,9 +1,14 @@
 """Test helpers shared by the ERA packages (for tests; the helpers need pytest when called)."""
 
+import contextlib
+import hashlib
 import os
 import re
-from collections.abc import Iterable
+import subprocess
+import sys
+from collections.abc import Generator, Iterable
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,7 +17,14 @@ from torch.torch_version import TorchVersion
 if TYPE_CHECKING:
     import pytest
 
-__all__ = ["apply_gpu_policy", "cpu_and_cuda", "duplicate_distributions", "requires_torch"]
+__all__ = [
+    "apply_gpu_policy",
+    "cpu_and_cuda",
+    "duplicate_distributions",
+    "folder_digest",
+    "held_run_dir",
+    "requires_torch",
+]
 
 
 def cpu_and_cuda() -> tuple[Any, ...]:
@@ -66,3 +78,39 @@ def duplicate_distributions(
         name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
         versions.setdefault(name, []).append(dist.version)
     return {name: sorted(v) for name, v in sorted(versions.items()) if len(v) > 1}
+
+
+def folder_digest(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by relative path: compare it before and after."""
+    root = Path(folder)
+    return {
+        str(file.relative_to(root)): hashlib.sha256(file.read_bytes()).hexdigest()
+        for file in sorted(root.rglob("*"))
+        if file.is_file()
+    }
+
+
+@contextlib.contextmanager
+def held_run_dir(folder: str | os.PathLike[str]) -> Generator[int]:
+    """Another process holds ``folder`` (:func:`era_core.cli.hold_run_dir`) while the block runs.
+
+    Yields:
+        That process's pid. It is SIGKILLed when the block ends, as a crashed run would be.
+    """
+    code = (
+        "import sys; from era_core.cli import hold_run_dir\n"
+        "with hold_run_dir(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code, os.fspath(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            if holder.stdout.readline() != "held\n":
+                raise RuntimeError(f"the process meant to hold {os.fspath(folder)!r} failed")
+            yield holder.pid
+        finally:
+            holder.kill()

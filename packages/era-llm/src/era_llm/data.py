@@ -16,6 +16,7 @@ __all__ = [
     "Example",
     "Prompt",
     "PromptSampler",
+    "check_template",
     "encode_prompt",
     "field_value",
     "gold_answer",
@@ -30,6 +31,17 @@ ANSWER_FIELDS = ("answer", "final_answer", "solution")
 DEFAULT_TEMPLATE = (
     "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
 )
+
+
+def check_template(template: str) -> None:
+    """Raise ``ValueError`` unless ``template`` has the ``{prompt}`` placeholder.
+
+    Without it every question would become the same prompt.
+    """
+    if "{prompt}" not in template:
+        raise ValueError(
+            f"prompt_template must contain {{prompt}}, where each question goes, got {template!r}"
+        )
 
 
 Prompt = str | list[dict[str, str]]

@@ -12,7 +12,7 @@ import torch
 
 from era_core.validation import check_range
 from era_llm.config import help_field, save_config
-from era_llm.data import DEFAULT_TEMPLATE, Example, encode_prompt, load_examples
+from era_llm.data import DEFAULT_TEMPLATE, Example, check_template, encode_prompt, load_examples
 from era_llm.distributed import init_distributed
 from era_llm.errors import UsageError
 from era_llm.policy import load_model, load_tokenizer
@@ -56,6 +56,7 @@ class EvalConfig(RolloutConfig):
     def __post_init__(self) -> None:
         RolloutConfig.__post_init__(self)
         check_range("n", self.n, 1)
+        check_template(self.prompt_template)
         if self.max_problems is not None:
             check_range("max_problems", self.max_problems, 1)
         if not self.data:

@@ -20,6 +20,8 @@ __all__ = ["ADAPTER_DIR", "add_lora", "is_lora", "merged_state_dict"]
 
 # The adapter's sub-directory of a checkpoint.
 ADAPTER_DIR = "adapter"
+# How many of the model's layer names an unknown target's error lists.
+_SHOWN = 16
 
 
 def _peft() -> Any:
@@ -54,6 +56,8 @@ def add_lora(
         The ``PeftModel``; its trainable parameters are the adapters'.
     """
     peft = _peft()
+    if target_modules != ["all-linear"]:
+        _check_targets(model, target_modules)
     targets = target_modules[0] if target_modules == ["all-linear"] else list(target_modules)
     # No dropout: the trainer must score exactly the policy that sampled.
     config = peft.LoraConfig(
@@ -66,6 +70,21 @@ def add_lora(
         if adapter is not None:
             return peft.PeftModel.from_pretrained(model, adapter, is_trainable=True)
         return peft.get_peft_model(model, config)
+
+
+def _check_targets(model: nn.Module, target_modules: list[str]) -> None:
+    """Refuse target names no module of ``model`` has (PEFT drops them when others match)."""
+    paths = [name for name, _ in model.named_modules() if name]
+    # PEFT's match: the target is the module's dotted path or the end of it.
+    unknown = [t for t in target_modules if not any(p == t or p.endswith(f".{t}") for p in paths)]
+    if unknown:
+        leaves = [p for p, m in model.named_modules() if p and next(m.children(), None) is None]
+        layers = sorted({p.rsplit(".", 1)[-1] for p in leaves})
+        shown = ", ".join(layers[:_SHOWN]) + (", ..." if len(layers) > _SHOWN else "")
+        raise UsageError(
+            f"lora_target_modules: the model has no module named {', '.join(unknown)} "
+            f"(its module names: {shown}; or all-linear)"
+        )
 
 
 def is_lora(model: Any) -> bool:

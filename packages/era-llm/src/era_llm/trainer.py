@@ -36,6 +36,8 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from era_core import cli
+from era_core.cli import hold_run_dir
 from era_core.functional import response_entropy
 from era_core.validation import check_positive, check_range
 from era_llm.advantages import group_advantages, informative_groups
@@ -49,7 +51,13 @@ from era_llm.checkpoint import (
     set_rng_state,
 )
 from era_llm.config import help_field, save_config
-from era_llm.data import DEFAULT_TEMPLATE, PromptSampler, encode_prompt, load_examples
+from era_llm.data import (
+    DEFAULT_TEMPLATE,
+    PromptSampler,
+    check_template,
+    encode_prompt,
+    load_examples,
+)
 from era_llm.distributed import (
     Distributed,
     all_reduce_mean,
@@ -191,6 +199,7 @@ class TrainConfig(LossConfig, RolloutConfig):
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite: give one of them, not both")
         check_range("lora_rank", self.lora_rank, 0)
+        check_template(self.prompt_template)
         check_positive("lora_alpha", self.lora_alpha)
         if self.lora_rank and not self.lora_target_modules:
             raise ValueError("lora_target_modules: name at least one module (or all-linear)")
@@ -540,7 +549,7 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path
         UsageError: The output dir cannot be written, or holds a run with another config.
     """
     saved_path = run_dir / "config.yaml"
-    if cfg.overwrite and dist.is_main and run_dir.is_dir():
+    if cfg.overwrite and dist.is_main:
         for target in [run_dir / n for n in ("checkpoints", "tb", "metrics.csv", "config.yaml")]:
             if target.is_dir():
                 shutil.rmtree(target)
@@ -549,15 +558,6 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path
         for old_config in run_dir.glob("config.step-*.yaml"):
             old_config.unlink()
     barrier()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-rank{dist.rank}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(
-            f"output_dir: cannot write to {str(run_dir)!r} ({error.strerror or error})"
-        ) from error
     latest = latest_checkpoint(run_dir)
     if not saved_path.is_file():
         return latest
@@ -582,6 +582,36 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path
         step = int(latest.name.split("-")[-1])
         shutil.copyfile(saved_path, run_dir / f"config.step-{step:08d}.yaml")
     return latest
+
+
+@contextlib.contextmanager
+def _own_run_dir(run_dir: Path, dist: Distributed) -> Iterator[None]:
+    """Create ``run_dir`` and hold its lock (rank 0, for the whole job) while the block runs.
+
+    Collective under torchrun: every rank checks that it can write there, and when rank 0
+    cannot take the lock (another process holds it) every rank raises, so none waits for it.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-rank{dist.rank}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(
+            f"output_dir: cannot write to {str(run_dir)!r} ({error.strerror or error})"
+        ) from error
+    with contextlib.ExitStack() as held:
+        refused = None
+        if dist.is_main:
+            try:
+                held.enter_context(hold_run_dir(run_dir))
+            except cli.UsageError as error:
+                refused = UsageError(f"output_dir: {error}")
+        if any_rank(refused is not None, dist.device):
+            raise refused or UsageError(
+                f"output_dir: {str(run_dir)!r} is in use by another process (see rank 0)"
+            )
+        yield
 
 
 @contextlib.contextmanager
@@ -610,10 +640,17 @@ def train(cfg: TrainConfig) -> Path:
         SystemExit: After SIGTERM/SIGINT: the current step finished and a checkpoint was
             saved; rerunning the same config resumes from it.
         UsageError: A problem the user can fix: ``output_dir`` holds a run with another
-            config, or cannot be written; a checkpoint, the model or the data cannot be read.
+            config, is in use by another process, or cannot be written; a checkpoint, the
+            model or the data cannot be read.
     """
     dist = init_distributed(cfg.device)
     run_dir = Path(cfg.output_dir)
+    with _own_run_dir(run_dir, dist):
+        return _train(cfg, run_dir, dist)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path:
+    """:func:`train` in a run directory this job owns."""
     random.seed(cfg.seed + dist.rank)
     torch.manual_seed(cfg.seed + dist.rank)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist.device.type == "cuda")

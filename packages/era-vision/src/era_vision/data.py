@@ -314,16 +314,26 @@ def split_holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset
 
     Args:
         dataset: The training split.
-        fraction: Share of it to hold out, in ``[0, 0.5]``; 0 holds out nothing.
+        fraction: Share of it to hold out, 0 (nothing) or in ``[0, 0.5]`` and large enough
+            to hold out at least one image.
         seed: Seed of the draw (the run's seed).
 
     Returns:
         ``(train, holdout)``; ``holdout`` is None when ``fraction`` is 0.
+
+    Raises:
+        ValueError: ``fraction`` is outside ``[0, 0.5]``, or rounds to no image.
     """
     check_range("calibration_holdout", fraction, 0.0, 0.5)
-    size = round(fraction * len(dataset))  # type: ignore[arg-type]
-    if size == 0:
+    if fraction == 0:
         return dataset, None
+    n = len(dataset)  # type: ignore[arg-type]
+    size = round(fraction * n)
+    if size == 0:  # else the calibrated rows would vanish without a word
+        check_range(
+            "calibration_holdout", fraction, 0.5 / n, 0.5, low_inclusive=False,
+            why=f"or 0: below that it holds out no image of the {n} training images",
+        )  # fmt: skip
     rest, held = stratified_split(dataset_labels(dataset), size, seed)
     return Subset(dataset, rest.tolist()), Subset(dataset, held.tolist())
 

@@ -13,7 +13,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from era_core.cli import UsageError
+from era_core.cli import UsageError, hold_run_dir
 from era_core.entropy import categorical_entropy
 from era_core.validation import check_positive, check_range
 from era_vision.calibration import Evaluation, evaluate_heads, tag
@@ -305,7 +305,8 @@ def setup_data(cfg: TrainConfig, ctx: Dist) -> TrainData:
     """
     with user_input(f"--data {cfg.data}"):
         data = load_data(cfg.data, cfg.download)
-    base, holdout = split_holdout(data.train, cfg.calibration_holdout, cfg.seed)
+    with user_input("--calibration-holdout"):
+        base, holdout = split_holdout(data.train, cfg.calibration_holdout, cfg.seed)
     if cfg.train_subset is not None:
         labels = dataset_labels(base)
         with user_input("--train-subset"):
@@ -774,13 +775,44 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     run_dir, checkpoint = Path(cfg.out), checkpoint_path(cfg)  # type: ignore[arg-type]
     data = setup_data(cfg, ctx)
     trainee = setup_model(cfg, data.data, ctx)
+    if cfg.test_only and not checkpoint.exists():
+        raise UsageError(f"--test-only needs a checkpoint, and {checkpoint} does not exist")
+    with _own_run_dir(run_dir, ctx):
+        return _run(cfg, ctx, data, trainee)
+
+
+@contextmanager
+def _own_run_dir(run_dir: Path, ctx: Dist) -> Iterator[None]:
+    """Hold ``run_dir``'s lock (rank 0, for the whole job) while the block runs.
+
+    Collective under DDP: when rank 0 cannot take it (another process holds it, or the
+    folder cannot be created) every rank raises, so none waits for the others.
+    """
+    with ExitStack() as held:
+        refused: UsageError | None = None
+        if ctx.main:
+            try:
+                held.enter_context(hold_run_dir(run_dir))
+            except UsageError as error:
+                refused = UsageError(f"--out: {error}")
+        if ctx.world_size > 1:
+            flag = torch.tensor(int(refused is not None), device=ctx.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if int(flag) and refused is None:
+                refused = UsageError(f"--out: rank 0 cannot own the run folder {str(run_dir)!r}")
+        if refused is not None:
+            raise refused
+        yield
+
+
+def _run(cfg: TrainConfig, ctx: Dist, data: TrainData, trainee: Trainee) -> dict[str, Any]:
+    """:func:`train` once the job owns the run folder."""
+    run_dir, checkpoint = Path(cfg.out), checkpoint_path(cfg)  # type: ignore[arg-type]
     torch.manual_seed(cfg.seed + 1 + ctx.rank)  # per-rank streams for dropout and mixing
     pos = Position(0, torch.zeros(3, device=ctx.device))
     resumed = (cfg.resume or cfg.test_only) and checkpoint.exists()
     if resumed:
         pos = resume_checkpoint(checkpoint, cfg, trainee, ctx)
-    elif cfg.test_only:
-        raise UsageError(f"--test-only needs a checkpoint, and {checkpoint} does not exist")
     spe = data.steps_per_epoch
     total_steps = cfg.epochs * spe
     end = total_steps if cfg.max_steps is None else min(cfg.max_steps, total_steps)
