@@ -4,6 +4,7 @@ from typing import Literal
 import pytest
 import yaml
 
+from era_core.testing import help_text
 from era_llm.cli import main
 from era_llm.config import help_field, parse_config, save_config
 
@@ -64,11 +65,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "demo"])
-def test_help_has_no_rst_double_backticks(capsys, command):
+def test_help_has_no_rst_double_backticks(command):
     # The help shows the config's docstring, which is reStructuredText.
-    with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"usage: era-llm {command}")
-    assert "``" not in out
+    out = help_text(main, [command])
+    assert out.startswith(f"usage: era-llm {command}") and "``" not in out

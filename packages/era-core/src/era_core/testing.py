@@ -2,11 +2,12 @@
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +24,20 @@ __all__ = [
     "duplicate_distributions",
     "folder_digest",
     "held_run_dir",
+    "help_text",
     "requires_torch",
 ]
+
+
+def help_text(main: Callable[[list[str]], object], argv: list[str]) -> str:
+    """What a CLI's ``main([*argv, "--help"])`` prints; fails unless it exits with code 0."""
+    import pytest
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0, f"{argv} --help exited with {exit_info.value.code}"
+    return out.getvalue()
 
 
 def cpu_and_cuda() -> tuple[Any, ...]:
