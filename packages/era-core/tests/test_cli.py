@@ -1,10 +1,20 @@
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from era_core.cli import LOCK_FILE, UsageError, debug_requested, hold_run_dir, report_usage_errors
+from era_core.cli import (
+    LOCK_FILE,
+    SET_ASIDE_DIR,
+    UsageError,
+    debug_requested,
+    hold_run_dir,
+    replacing_run,
+    report_usage_errors,
+)
 from era_core.testing import folder_digest, held_run_dir
 
 
@@ -83,3 +93,105 @@ def test_an_unwritable_run_folder_is_a_usage_error(tmp_path: Path) -> None:
         hold_run_dir(tmp_path / "a-file" / "run"),
     ):
         pytest.fail("the block must not run")
+
+
+RUN_ENTRIES = ("checkpoints", "metrics.csv", "config.yaml", "tb")
+
+
+def _old_run(folder: Path) -> dict[str, str]:
+    """An old run (and a user's log beside it) in ``folder``; its digest without the lock."""
+    (folder / "checkpoints" / "step-10").mkdir(parents=True)
+    (folder / "checkpoints" / "step-10" / "weights.bin").write_bytes(b"old weights")
+    (folder / "metrics.csv").write_text("step,loss\n10,0.5\n")
+    (folder / "config.yaml").write_text("lr: 0.001\n")
+    (folder / "nohup.log").write_text("the user's own file\n")
+    return _digest(folder)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {name: h for name, h in folder_digest(folder).items() if name != LOCK_FILE}
+
+
+def _new_run(folder: Path) -> None:
+    (folder / "config.yaml").write_text("lr: 0.05\n")
+    (folder / "tb").mkdir()
+    (folder / "tb" / "events").write_text("new")
+
+
+def _replace(folder: Path, error: BaseException, *, checkpointed: bool = False) -> None:
+    """A new run over the old one in ``folder`` that raises ``error`` (after its checkpoint)."""
+    with replacing_run(folder, RUN_ENTRIES) as done:
+        assert not (folder / "checkpoints").exists()
+        assert (folder / "nohup.log").exists()  # not a run entry: never moved
+        _new_run(folder)
+        if checkpointed:
+            done()
+            assert not (folder / SET_ASIDE_DIR).exists()
+        raise error
+
+
+def test_a_replaced_run_comes_back_when_the_new_one_fails(tmp_path: Path) -> None:
+    with hold_run_dir(tmp_path):
+        before = _old_run(tmp_path)
+        with pytest.raises(UsageError, match="bad model"):
+            _replace(tmp_path, UsageError("bad model"))
+        assert _digest(tmp_path) == before
+        assert not (tmp_path / SET_ASIDE_DIR).exists()
+
+
+def test_a_replaced_run_goes_once_the_new_one_has_a_checkpoint(tmp_path: Path) -> None:
+    with hold_run_dir(tmp_path):
+        _old_run(tmp_path)
+        with pytest.raises(KeyboardInterrupt):
+            _replace(tmp_path, KeyboardInterrupt(), checkpointed=True)
+        assert (tmp_path / "config.yaml").read_text() == "lr: 0.05\n"
+        entries = sorted(p.name for p in tmp_path.iterdir())
+        assert entries == [LOCK_FILE, "config.yaml", "nohup.log", "tb"]
+
+
+def test_a_new_run_that_ends_normally_replaces_the_old(tmp_path: Path) -> None:
+    with hold_run_dir(tmp_path):
+        _old_run(tmp_path)
+        with replacing_run(tmp_path, RUN_ENTRIES):
+            _new_run(tmp_path)
+        assert not (tmp_path / "checkpoints").exists()
+        assert not (tmp_path / SET_ASIDE_DIR).exists()
+
+
+def test_nothing_is_set_aside_in_an_empty_folder(tmp_path: Path) -> None:
+    with hold_run_dir(tmp_path):
+        with replacing_run(tmp_path, RUN_ENTRIES):
+            assert not (tmp_path / SET_ASIDE_DIR).exists()
+        _new_run(tmp_path)
+        with pytest.raises(RuntimeError), replacing_run(tmp_path, ()):
+            raise RuntimeError
+        assert (tmp_path / "tb").exists()  # nothing was named: nothing moved or deleted
+
+
+def test_a_replacement_killed_outright_is_undone_by_the_next_owner(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _old_run(tmp_path)
+    code = (
+        "import os, pathlib, signal, sys\n"
+        "from era_core.cli import hold_run_dir, replacing_run\n"
+        "run = pathlib.Path(sys.argv[1])\n"
+        f"with hold_run_dir(run), replacing_run(run, {RUN_ENTRIES!r}):\n"
+        "    (run / 'config.yaml').write_text('lr: 0.05')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False)
+    assert killed.returncode == -9
+    assert (tmp_path / SET_ASIDE_DIR).is_dir()
+    with hold_run_dir(tmp_path):
+        assert _digest(tmp_path) == before
+    assert "the earlier run's files are back" in capsys.readouterr().err
+
+
+def test_a_kill_while_setting_aside_deletes_nothing_of_the_old_run(tmp_path: Path) -> None:
+    before = _old_run(tmp_path)
+    # As a kill between two renames leaves it: one entry moved, no names recorded yet.
+    (tmp_path / SET_ASIDE_DIR / "files").mkdir(parents=True)
+    (tmp_path / "checkpoints").rename(tmp_path / SET_ASIDE_DIR / "files" / "checkpoints")
+    with hold_run_dir(tmp_path):
+        assert _digest(tmp_path) == before
