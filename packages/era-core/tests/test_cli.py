@@ -195,3 +195,23 @@ def test_a_kill_while_setting_aside_deletes_nothing_of_the_old_run(tmp_path: Pat
     (tmp_path / "checkpoints").rename(tmp_path / SET_ASIDE_DIR / "files" / "checkpoints")
     with hold_run_dir(tmp_path):
         assert _digest(tmp_path) == before
+
+
+def test_a_failed_move_puts_back_what_had_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _old_run(tmp_path)
+    real_rename = Path.rename
+
+    def rename(self: Path, target: Path) -> Path:
+        if self.name == "metrics.csv":  # the second entry to move (names are sorted)
+            raise PermissionError(13, "Permission denied")
+        return real_rename(self, target)
+
+    with hold_run_dir(tmp_path):
+        monkeypatch.setattr(Path, "rename", rename)
+        with pytest.raises(PermissionError), replacing_run(tmp_path, RUN_ENTRIES):
+            pytest.fail("the block must not run")
+        monkeypatch.undo()
+        assert _digest(tmp_path) == before
+        assert not (tmp_path / SET_ASIDE_DIR).exists()

@@ -160,12 +160,16 @@ def replacing_run(
     moved = [name for name in names if _exists(folder / name)]
     if moved:
         (aside / "files").mkdir(parents=True)  # a leftover was restored when the folder was taken
-        for name in moved:
-            (folder / name).rename(aside / "files" / name)
-        # Written once all moved (temp file + rename): from then on, the folder's entries of
-        # these names are the new run's; before it, a restore only moves files back.
-        (aside / "names.tmp").write_text(json.dumps(names))
-        (aside / "names.tmp").rename(aside / "names.json")
+        try:
+            for name in moved:
+                (folder / name).rename(aside / "files" / name)
+            # Written once all moved (temp file + rename): from then on, the folder's entries
+            # of these names are the new run's; before it, a restore only moves files back.
+            (aside / "names.tmp").write_text(json.dumps(names))
+            (aside / "names.tmp").rename(aside / "names.json")
+        except BaseException:
+            _restore_set_aside(folder)
+            raise
     kept = bool(moved)
 
     def done() -> None:
