@@ -738,7 +738,7 @@ def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, capsys, train_argv, 
     other = tmp_path / "other.jsonl"
     shutil.copyfile(data, other)
     out = tmp_path / "run"
-    main(train_argv(out, "--data", data, "--max-steps", 1))
+    main(train_argv(out, "--data", data, "--max-steps", 2))
     before = _digest(out)
     for extra, message in [
         (["--seed", 1], "seed: 0 -> 1 (the random state and the prompt order continue from"),
@@ -747,12 +747,14 @@ def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, capsys, train_argv, 
         (["--answer-field", "answer"], "answer_field: None -> 'answer' (the checkpoint's"),
         (
             ["--max-prompt-length", 10],
-            "resume: with this prompt_template, chat_template and max_prompt_length, 4 of the 8 "
-            "problems fit, and not the same ones as the 8",
+            "resume: the problems that fit this prompt_template, chat_template and "
+            "max_prompt_length (4 of 8) are not the 8 that the checkpoint's data position indexes",
         ),
+        (["--max-steps", 1], "max_steps: 1 is below the 2 steps of the checkpoint to resume; give"),
     ]:
-        stderr = _usage_error(capsys, train_argv(out, "--data", data, "--resume", *extra))
+        argv = train_argv(out, "--data", data, "--max-steps", 3, "--resume", *extra)
+        stderr = _usage_error(capsys, argv)
         assert message in stderr
-        if "resume:" not in message:
+        if " -> " in message:  # a field the checkpoint fixes
             assert "cannot change in a run with a checkpoint; keep the saved value" in stderr
         assert _digest(out) == before, extra

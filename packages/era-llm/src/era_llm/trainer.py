@@ -791,10 +791,16 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Distributed, scope: contextlib
             sampled_from = trainer_state["problems"]
         if sampled_from != usable:
             raise UsageError(
-                f"resume: with this prompt_template, chat_template and max_prompt_length, "
-                f"{len(usable)} of the {len(examples)} problems fit, and not the same ones as "
-                f"the {len(sampled_from)} that the checkpoint's data position indexes; keep the "
+                f"resume: the problems that fit this prompt_template, chat_template and "
+                f"max_prompt_length ({len(usable)} of {len(examples)}) are not the "
+                f"{len(sampled_from)} that the checkpoint's data position indexes; keep the "
                 "saved values, or use --overwrite to start over"
+            )
+        if step > cfg.max_steps:
+            # The run would end at once, with a config.yaml that says it had fewer steps.
+            raise UsageError(
+                f"max_steps: {cfg.max_steps} is below the {step} steps of the checkpoint to "
+                f"resume; give at least {step}, or use --overwrite to start over"
             )
         # The optimiser and scheduler state hold the lr and weight decay they were saved with
         # (the warm-up function is not saved: lr_factor already has the new warmup_steps);
