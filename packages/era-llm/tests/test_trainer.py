@@ -1,5 +1,6 @@
 import contextlib
 import copy
+import json
 import os
 import shutil
 import signal
@@ -9,7 +10,8 @@ import torch
 from tiny_runs import parity_reward, tiny_train_config
 
 from era_core.testing import folder_digest, held_run_dir
-from era_llm import rewards
+from era_llm import rewards, trainer
+from era_llm.checkpoint import latest_checkpoint
 from era_llm.cli import main
 from era_llm.data import PromptSampler
 from era_llm.distributed import Distributed
@@ -612,3 +614,147 @@ def test_a_template_without_the_prompt_is_refused(tmp_path, capsys, train_argv, 
         "prompt_template must contain {prompt}, where each question goes, got 'Solve it.'" in stderr
     )
     assert folder_digest(out) == before
+
+
+def _digest(run):
+    """``folder_digest`` of a run folder without its lock file (it holds the last owner's pid)."""
+    return {name: digest for name, digest in folder_digest(run).items() if name != ".lock"}
+
+
+def test_a_failing_overwrite_leaves_the_old_run_as_it_was(tmp_path, capsys, train_argv, parity):
+    out = tmp_path / "run"
+    main(train_argv(out, "--max-steps", 1))
+    shutil.copyfile(out / "config.yaml", out / "config.step-00000001.yaml")  # an earlier resume's
+    before = _digest(out)
+    for extra, message in [
+        (["--data", tmp_path / "missing.jsonl"], "data: "),
+        (["--model", "/nonexistent/model"], "model: cannot load"),
+        (["--max-prompt-length", 2], "max_prompt_length: all 40 prompts are longer than 2"),
+        (["--lora-rank", 4, "--lora-target-modules", "q_prj"], "lora_target_modules: "),
+    ]:
+        stderr = _usage_error(capsys, train_argv(out, "--max-steps", 2, "--overwrite", *extra))
+        assert message in stderr
+        assert _digest(out) == before, extra
+        assert not (out / ".replaced").exists()
+
+
+def test_an_overwrite_failing_before_its_first_checkpoint_restores_the_old_run(
+    tiny_model_dir, addition_data, tmp_path, monkeypatch, parity
+):
+    out = tmp_path / "run"
+    train(tiny_train_config(tiny_model_dir, addition_data, out, max_steps=1))
+    (out / "config.step-00000001.yaml").write_text("seed: 0\n")
+    before = _digest(out)
+
+    def failing_reward(completion, gold, **_):
+        # The old run is set aside, and the new one has begun writing.
+        assert (out / ".replaced" / "files" / "checkpoints" / "latest").is_file()
+        assert "max_steps: 2" in (out / "config.yaml").read_text()
+        raise RuntimeError("a crash in the first step")
+
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", failing_reward)
+    overwrite = tiny_train_config(tiny_model_dir, addition_data, out, max_steps=2, overwrite=True)
+    with pytest.raises(RuntimeError, match="a crash in the first step"):
+        train(overwrite)
+    assert _digest(out) == before and not (out / ".replaced").exists()
+
+    monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
+    train(overwrite)
+    assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000002"]
+    assert not (out / "config.step-00000001.yaml").exists() and not (out / ".replaced").exists()
+
+
+def test_latest_checkpoint_is_the_complete_one_the_pointer_names(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    assert latest_checkpoint(tmp_path) is None  # a fresh run folder
+    for name in ("step-00000001", "step-00000002", ".tmp-step-00000003"):
+        (checkpoints / name).mkdir(parents=True)
+    assert latest_checkpoint(tmp_path) is None  # no pointer: still a fresh start
+    (checkpoints / "latest").write_text("step-00000001")
+    assert latest_checkpoint(tmp_path) == checkpoints / "step-00000001"
+    # .tmp-step-N is one save_checkpoint had not finished (it renames it when complete).
+    for broken in ("step-00000009", ".tmp-step-00000003", ""):
+        (checkpoints / "latest").write_text(broken)
+        with pytest.raises(UsageError) as error:
+            latest_checkpoint(tmp_path)
+        assert str(error.value) == (
+            f"resume: '{checkpoints / 'latest'}' names {broken!r}, which is not a complete "
+            "checkpoint; the complete ones are step-00000001, step-00000002: write one of them "
+            "into it, or start over with --overwrite"
+        )
+    for name in ("step-00000001", "step-00000002"):
+        (checkpoints / name).rmdir()
+    with pytest.raises(
+        UsageError, match="there is no complete one, or start over with --overwrite"
+    ):
+        latest_checkpoint(tmp_path)
+
+
+def test_a_broken_latest_pointer_is_refused_and_changes_nothing(
+    tmp_path, capsys, train_argv, parity
+):
+    out = tmp_path / "run"
+    main(train_argv(out, "--max-steps", 2, "--save-every", 1))
+    (out / "checkpoints" / "latest").write_text("step-00000007\n")
+    before = _digest(out)
+    for extra in ([], ["--resume", "--max-steps", 3]):
+        stderr = _usage_error(capsys, train_argv(out, "--max-steps", 2, "--save-every", 1, *extra))
+        assert (
+            f"error: resume: '{out / 'checkpoints' / 'latest'}' names 'step-00000007', which is "
+            "not a complete checkpoint; the complete ones are step-00000001, step-00000002"
+        ) in stderr
+        assert _digest(out) == before
+    (out / "checkpoints" / "latest").write_text("step-00000001")  # what the error suggests
+    main(train_argv(out, "--max-steps", 2, "--save-every", 1))
+    assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2]
+
+
+def test_resume_applies_a_new_lr_weight_decay_and_warmup(tmp_path, train_argv, parity, monkeypatch):
+    out = tmp_path / "run"
+    main(train_argv(out, "--max-steps", 1))
+    used = []
+
+    def recording_update(groups, trainable, model, optimizer, scheduler, *args):
+        used.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]))
+        return update_policy(groups, trainable, model, optimizer, scheduler, *args)
+
+    monkeypatch.setattr(trainer, "update_policy", recording_update)
+    # A new template that keeps every problem is applied too.
+    changed = ("--lr", 5e-2, "--weight-decay", 0.1, "--warmup-steps", 4)
+    main(train_argv(out, "--max-steps", 3, "--resume", *changed, "--prompt-template", "Q{prompt}"))
+    # One optimiser step was taken before the checkpoint: warm-up factors 2/4, then 3/4.
+    assert used == [(pytest.approx(0.025), 0.1), (pytest.approx(0.0375), 0.1)]
+    rows = read_metrics(out / "metrics.csv")
+    assert [row["optim/lr"] for row in rows] == pytest.approx([1e-2, 0.0375, 0.05])
+    assert "lr: 0.05\n" in (out / "config.yaml").read_text()
+
+
+def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, capsys, train_argv, parity):
+    # Two prompt lengths: a max_prompt_length between them changes which problems are sampled.
+    data = tmp_path / "mixed.jsonl"
+    rows = [{"question": q, "answer": "2"} for q in ["1+1="] * 4 + ["1111111+1111111="] * 4]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    other = tmp_path / "other.jsonl"
+    shutil.copyfile(data, other)
+    out = tmp_path / "run"
+    main(train_argv(out, "--data", data, "--max-steps", 2))
+    before = _digest(out)
+    for extra, message in [
+        (["--seed", 1], "seed: 0 -> 1 (the random state and the prompt order continue from"),
+        (["--data", other], f"data: '{data}' -> '{other}' (the checkpoint's data position"),
+        (["--prompt-field", "question"], "prompt_field: None -> 'question' (the checkpoint's"),
+        (["--answer-field", "answer"], "answer_field: None -> 'answer' (the checkpoint's"),
+        (
+            ["--max-prompt-length", 10],
+            "resume: the problems that fit this prompt_template, chat_template and "
+            "max_prompt_length (4 of 8) are not the 8 that the checkpoint's data position indexes",
+        ),
+        (["--max-steps", 1], "max_steps: 1 is below the 2 steps of the checkpoint to resume; give"),
+    ]:
+        argv = train_argv(out, "--data", data, "--max-steps", 3, "--resume", *extra)
+        stderr = _usage_error(capsys, argv)
+        assert message in stderr
+        if " -> " in message:  # a field the checkpoint fixes
+            assert "cannot change in a run with a checkpoint; keep the saved value" in stderr
+        assert _digest(out) == before, extra

@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from era_llm.distributed import barrier
+from era_llm.errors import UsageError
 from era_llm.lora import ADAPTER_DIR, is_lora, merged_state_dict
 
 __all__ = [
@@ -173,12 +174,30 @@ def save_checkpoint(
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The most recent complete checkpoint of a run, or ``None``."""
-    pointer = run_dir / "checkpoints" / "latest"
+    """The checkpoint ``checkpoints/latest`` names, or ``None`` without that file (a fresh run).
+
+    Raises:
+        UsageError: The file names no complete checkpoint. Complete means a ``step-N``
+            folder: ``save_checkpoint`` writes ``.tmp-step-N`` and renames it only once every
+            file is on disk. Starting from step 0 instead would rotate the valid ones away.
+    """
+    root = run_dir / "checkpoints"
+    pointer = root / "latest"
     if not pointer.is_file():
         return None
-    path = pointer.parent / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    name = pointer.read_text().strip()
+    complete = sorted(path.name for path in root.glob("step-*") if path.is_dir())
+    if name in complete:
+        return root / name
+    present = (
+        f"the complete ones are {', '.join(complete)}: write one of them into it"
+        if complete
+        else "there is no complete one"
+    )
+    raise UsageError(
+        f"resume: {str(pointer)!r} names {name!r}, which is not a complete checkpoint; "
+        f"{present}, or start over with --overwrite"
+    )
 
 
 def load_checkpoint_state(checkpoint: Path, rank: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -24,7 +24,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -167,9 +167,14 @@ class TrainConfig(LossConfig, RolloutConfig):
     resume: bool = help_field(
         False,
         "continue the run in output_dir although its config.yaml differs (the new values "
-        "apply from its latest checkpoint on); an unchanged config always continues",
+        "apply from its latest checkpoint on; model, LoRA, seed and data fields are refused "
+        "once it has one); an unchanged config always continues",
     )
-    overwrite: bool = help_field(False, "delete the run in output_dir and start over")
+    overwrite: bool = help_field(
+        False,
+        "start over in output_dir: once the new settings load, the old run is set aside, "
+        "then deleted at the new run's first checkpoint (restored if it fails before)",
+    )
 
     def __post_init__(self) -> None:
         LossConfig.__post_init__(self)
@@ -521,8 +526,21 @@ class _StopSignal:
 
 # Flags that say how to treat an existing run rather than what the run is.
 _RUN_DIR_FLAGS = ("resume", "overwrite")
-# What a checkpoint's weights and adapter were built for: --resume cannot change these.
-_FIXED_ONCE_SAVED = ("model", "lora_rank", "lora_alpha", "lora_target_modules")
+# What --resume cannot change once the run has a checkpoint, and why: the run would go on
+# from state made for the saved value, and record a value it does not use.
+_SAME_PROBLEMS = "the checkpoint's data position indexes these problems"
+_FIXED_ONCE_SAVED = {
+    "model": "the checkpoint's weights were trained from it",
+    "lora_rank": "the checkpoint's adapter was built for it",
+    "lora_alpha": "the checkpoint's adapter was built for it",
+    "lora_target_modules": "the checkpoint's adapter was built for it",
+    "seed": "the random state and the prompt order continue from the checkpoint",
+    "data": _SAME_PROBLEMS,
+    "prompt_field": _SAME_PROBLEMS,
+    "answer_field": _SAME_PROBLEMS,
+}
+# A run's entries in output_dir, with its config.step-N.yaml files: what --overwrite replaces.
+_RUN_ENTRIES = ("checkpoints", "tb", "metrics.csv", "config.yaml")
 
 
 def config_diff(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
@@ -537,30 +555,27 @@ def config_diff(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     ]
 
 
-def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path | None:
-    """Check ``output_dir`` against the run it may hold; returns the checkpoint to resume.
+def _prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> tuple[Path | None, bool]:
+    """Check ``output_dir`` against the run it may hold; changes nothing there.
 
     An unchanged config continues its run; a changed one needs ``resume`` (continue with
-    the new values; the old config.yaml is kept as ``config.step-N.yaml``) or ``overwrite``
-    (start over). Collective under torchrun: rank 0 deletes and copies, and every rank
-    checks the same files, so all of them stop, or none.
+    the new values) or ``overwrite`` (start over; the old run is only set aside later, by
+    ``_start_writing``, once every check of the new settings has passed).
+
+    Returns:
+        The checkpoint to resume (``None``: start at step 0), and whether the config differs
+        from the saved one (so ``_start_writing`` keeps the old one as ``config.step-N.yaml``).
 
     Raises:
-        UsageError: The output dir cannot be written, or holds a run with another config.
+        UsageError: The output dir holds a run with another config, a config.yaml that is
+            not YAML, or a ``checkpoints/latest`` that names no complete checkpoint.
     """
-    saved_path = run_dir / "config.yaml"
-    if cfg.overwrite and dist.is_main:
-        for target in [run_dir / n for n in ("checkpoints", "tb", "metrics.csv", "config.yaml")]:
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-        for old_config in run_dir.glob("config.step-*.yaml"):
-            old_config.unlink()
-    barrier()
+    if cfg.overwrite:
+        return None, False
     latest = latest_checkpoint(run_dir)
+    saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
-        return latest
+        return latest, False
     try:
         saved = yaml.safe_load(saved_path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -571,25 +586,69 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path
             f"output_dir {str(run_dir)!r} holds a run with another config ({'; '.join(changes)}); "
             "add --resume to continue it with the new values, or --overwrite to start over"
         )
-    fixed = [change for change in changes if change.split(":")[0] in _FIXED_ONCE_SAVED]
+    fixed = [
+        f"{change} ({_FIXED_ONCE_SAVED[name]})"
+        for change in changes
+        if (name := change.split(":")[0]) in _FIXED_ONCE_SAVED
+    ]
     if fixed and latest is not None:
         raise UsageError(
             f"output_dir {str(run_dir)!r}: {'; '.join(fixed)} cannot change in a run with a "
-            "checkpoint (its weights and adapter were built for the saved values); use "
-            "--overwrite to start over"
+            "checkpoint; keep the saved value, or use --overwrite to start over"
         )
-    if changes and dist.is_main and latest is not None:
-        step = int(latest.name.split("-")[-1])
-        shutil.copyfile(saved_path, run_dir / f"config.step-{step:08d}.yaml")
-    return latest
+    return latest, bool(changes)
+
+
+def _start_writing(
+    cfg: TrainConfig,
+    run_dir: Path,
+    dist: Distributed,
+    resume_from: Path | None,
+    config_changed: bool,
+    scope: contextlib.ExitStack,
+) -> Callable[[], None]:
+    """Write the run's config.yaml, its first file; returns ``done()``, to call after a checkpoint.
+
+    Call it once every check of the new settings has passed. ``overwrite`` sets the old run's
+    entries aside (``era_core.cli.replacing_run``, entered into ``scope``) until ``done()``;
+    if the run fails before, they come back. ``resume`` with a changed config keeps the old
+    config.yaml as ``config.step-N.yaml``. Collective under torchrun: rank 0 moves and writes;
+    when it cannot, every rank stops.
+    """
+    # Every rank has read the old run's files before rank 0 changes them.
+    barrier()
+    done: Callable[[], None] = lambda: None  # noqa: E731
+    refused = None
+    if dist.is_main:
+        try:
+            if cfg.overwrite:
+                old_configs = [path.name for path in run_dir.glob("config.step-*.yaml")]
+                done = scope.enter_context(
+                    cli.replacing_run(run_dir, [*_RUN_ENTRIES, *old_configs])
+                )
+            elif config_changed and resume_from is not None:
+                step = int(resume_from.name.split("-")[-1])
+                shutil.copyfile(run_dir / "config.yaml", run_dir / f"config.step-{step:08d}.yaml")
+            save_config(cfg, run_dir / "config.yaml")
+        except OSError as error:
+            refused = UsageError(
+                f"output_dir: cannot write to {str(run_dir)!r} ({error.strerror or error})"
+            )
+    if any_rank(refused is not None, dist.device):
+        raise refused or UsageError(f"output_dir: cannot write to {str(run_dir)!r} (see rank 0)")
+    return done
 
 
 @contextlib.contextmanager
-def _own_run_dir(run_dir: Path, dist: Distributed) -> Iterator[None]:
+def _own_run_dir(run_dir: Path, dist: Distributed) -> Iterator[contextlib.ExitStack]:
     """Create ``run_dir`` and hold its lock (rank 0, for the whole job) while the block runs.
 
     Collective under torchrun: every rank checks that it can write there, and when rank 0
     cannot take the lock (another process holds it) every rank raises, so none waits for it.
+
+    Yields:
+        The stack that holds the lock: what the block enters into it ends before the lock
+        is released (a replaced run is restored while the folder is still this job's).
     """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -611,7 +670,7 @@ def _own_run_dir(run_dir: Path, dist: Distributed) -> Iterator[None]:
             raise refused or UsageError(
                 f"output_dir: {str(run_dir)!r} is in use by another process (see rank 0)"
             )
-        yield
+        yield held
 
 
 @contextlib.contextmanager
@@ -640,23 +699,24 @@ def train(cfg: TrainConfig) -> Path:
         SystemExit: After SIGTERM/SIGINT: the current step finished and a checkpoint was
             saved; rerunning the same config resumes from it.
         UsageError: A problem the user can fix: ``output_dir`` holds a run with another
-            config, is in use by another process, or cannot be written; a checkpoint, the
-            model or the data cannot be read.
+            config (or ``resume`` changes what its checkpoint fixes), is in use by another
+            process, or cannot be written; ``checkpoints/latest`` names no complete
+            checkpoint; a checkpoint, the model or the data cannot be read.
     """
     dist = init_distributed(cfg.device)
     run_dir = Path(cfg.output_dir)
-    with _own_run_dir(run_dir, dist):
-        return _train(cfg, run_dir, dist)
+    with _own_run_dir(run_dir, dist) as scope:
+        return _train(cfg, run_dir, dist, scope)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path:
-    """:func:`train` in a run directory this job owns."""
+def _train(cfg: TrainConfig, run_dir: Path, dist: Distributed, scope: contextlib.ExitStack) -> Path:
+    """:func:`train` in a run directory this job owns (``scope`` ends before the lock)."""
     random.seed(cfg.seed + dist.rank)
     torch.manual_seed(cfg.seed + dist.rank)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist.device.type == "cuda")
     autocast = lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
-    resume_from = _prepare_run_dir(cfg, run_dir, dist)
+    resume_from, config_changed = _prepare_run_dir(cfg, run_dir)
     start_path = str(resume_from) if resume_from else cfg.model
     # FSDP moves each rank's shards to its device; the whole model never has to fit there.
     sharded = cfg.parallel == "fsdp" and dist.world_size > 1
@@ -712,10 +772,12 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path:
         weight_decay=cfg.weight_decay,
         fused=dist.device.type in ("cpu", "cuda"),
     )
-    warmup = cfg.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-    )
+
+    def lr_factor(optimizer_step: int) -> float:
+        """Linear warm-up over ``warmup_steps`` optimiser steps."""
+        return min(1.0, (optimizer_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     sampler = PromptSampler(len(prompts), cfg.seed, dist.rank, dist.world_size)
     step = 0
     if resume_from is not None:
@@ -726,10 +788,34 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path:
             step = trainer_state["step"]
             sampler.load_state_dict(rank_state["sampler"])
             set_rng_state(rank_state["rng"])
-    if dist.is_main:
-        save_config(cfg, run_dir / "config.yaml")
+            sampled_from = trainer_state["problems"]
+        if sampled_from != usable:
+            raise UsageError(
+                f"resume: the problems that fit this prompt_template, chat_template and "
+                f"max_prompt_length ({len(usable)} of {len(examples)}) are not the "
+                f"{len(sampled_from)} that the checkpoint's data position indexes; keep the "
+                "saved values, or use --overwrite to start over"
+            )
+        if step > cfg.max_steps:
+            # The run would end at once, with a config.yaml that says it had fewer steps.
+            raise UsageError(
+                f"max_steps: {cfg.max_steps} is below the {step} steps of the checkpoint to "
+                f"resume; give at least {step}, or use --overwrite to start over"
+            )
+        # The optimiser and scheduler state hold the lr and weight decay they were saved with
+        # (the warm-up function is not saved: lr_factor already has the new warmup_steps);
+        # the config, which --resume may have changed, applies from here on.
+        scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group.update(
+                initial_lr=cfg.lr,
+                lr=cfg.lr * lr_factor(scheduler.last_epoch),
+                weight_decay=cfg.weight_decay,
+            )
     # The hf backend generates through the scorer: under FSDP that gathers the weights.
     rollout = make_rollout(scorer, tokenizer, start_path, cfg, seed=cfg.seed + dist.rank)
+    # Every check of the new settings has passed: from here on the run writes.
+    old_run_done = _start_writing(cfg, run_dir, dist, resume_from, config_changed, scope)
     logger = MetricLogger(run_dir, enabled=dist.is_main, resume_step=step)
     loss = LOSSES[cfg.algo]
     reward_fn = partial(REWARDS[cfg.reward], answer_format=cfg.answer_format)
@@ -744,11 +830,14 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Distributed) -> Path:
                 "optimizer": optimizer_state(scorer, optimizer),
                 "scheduler": scheduler.state_dict(),
                 "step": step,
+                "problems": usable,
             },
             rank_state={"rng": rng_state(), "sampler": sampler.state_dict()},
             rank=dist.rank,
             keep=cfg.keep_checkpoints,
         )
+        # The new run is on disk: an old run it replaces can go (a no-op after the first).
+        old_run_done()
 
     bar = tqdm(
         total=cfg.max_steps,
