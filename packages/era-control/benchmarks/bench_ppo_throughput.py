@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from _runs import write_json
 
-from era_control import ppo, rng
+from era_control import envs, ppo, rng
 from era_control.logging import Logger
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,7 +41,7 @@ def ours(args: argparse.Namespace, num_envs: int, era: bool) -> tuple[float, flo
         env=args.env, era=era, num_envs=num_envs, num_steps=ROLLOUT // num_envs,
         threads=args.threads, device="cpu", tensorboard=False,
     )  # fmt: skip
-    agent = ppo.PPO(cfg, rng.generators([0]), *ppo.env_dims(cfg.env), torch.device("cpu"))
+    agent = ppo.PPO(cfg, rng.generators([0]), *envs.env_dims(cfg.env), torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
         logger = Logger(tmp, [0], tensorboard=False)
         collector = ppo.RolloutCollector(agent, cfg.env, logger, range(num_envs))

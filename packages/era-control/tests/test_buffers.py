@@ -68,3 +68,11 @@ def test_empty_and_bad_capacity():
         ReplayBuffer(0, 1, 3, 1)
     with pytest.raises(RuntimeError, match="empty"):
         ReplayBuffer(5, 1, 3, 1).sample(4, rng.generators([0]))
+
+
+def test_stored_bytes_is_what_a_full_buffer_saves():
+    buffer = ReplayBuffer(7, 2, 3, 1)
+    fill(buffer, 10)
+    saved = buffer.state_dict()
+    nbytes = sum(v.nbytes for v in saved.values() if isinstance(v, torch.Tensor))
+    assert nbytes == ReplayBuffer.stored_bytes(7, 2, 3, 1) == 7 * 2 * (3 + 1 + 1 + 3 + 1) * 4

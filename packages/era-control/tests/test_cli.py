@@ -126,7 +126,7 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
 
 
 def test_resume_takes_no_other_flags(tmp_path, capsys):
-    _, run_dir = train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "100")
+    _, run_dir = train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "150")
     capsys.readouterr()
     assert exit_code(["train", "sac", "--resume", str(run_dir), "--gamma", "0.9"]) == 2
     one_line_error(capsys, "--resume continues the saved config", "gamma")
@@ -147,10 +147,10 @@ def test_extended_run_equals_a_fresh_run_of_the_longer_budget(tmp_path, era):
 
 
 def test_extension_is_refused_below_the_steps_done_and_for_ppo(tmp_path, capsys):
-    _, run_dir = train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "100")
+    _, run_dir = train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "150")
     capsys.readouterr()
     assert exit_code(["train", "sac", "--resume", str(run_dir), "--steps", "50"]) == 2
-    one_line_error(capsys, "--steps must be at least the 100 steps already done, got 50")
+    one_line_error(capsys, "--steps must be at least the 150 steps already done, got 50")
     ppo = ["train", "ppo", "--env", "Pendulum-v1", "--steps", "64", "--num-steps", "32",
            "--num-minibatches", "4", "--hidden", "8", "--no-tensorboard",
            "--out", str(tmp_path), "--run-name", "ppo"]  # fmt: skip
@@ -232,6 +232,12 @@ def test_demo_writes_curves_and_table(tmp_path, capsys):
     assert "SAC-ERA" in capsys.readouterr().out
 
 
+def test_demo_refuses_fewer_steps_than_a_batch(tmp_path, capsys):
+    assert exit_code(["demo", "--out", str(tmp_path / "demo"), "--steps", "100"]) == 2
+    one_line_error(capsys, "--steps must be at least 128, got 100")
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "command", [[], ["train"], ["train", "sac"], ["train", "ppo"], ["eval"], ["plot"], ["demo"]]
 )
@@ -242,7 +248,7 @@ def test_help_has_no_rst_double_backticks(command):
 
 
 def test_a_second_process_on_a_run_is_refused_and_changes_nothing(tmp_path, capsys):
-    _, run_dir = train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "100")
+    _, run_dir = train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "150")
     with held_run_dir(run_dir) as pid:
         before = folder_digest(run_dir)
         capsys.readouterr()
@@ -269,10 +275,18 @@ def test_a_second_process_on_a_run_is_refused_and_changes_nothing(tmp_path, caps
         (["--log-std-max", "nan"], "log_std_max must be in (-inf, inf), got nan"),
         (["--log-std-max", "inf"], "log_std_max must be in (-inf, inf), got inf"),
         (["--log-std-min=-inf"], "log_std_min must be in (-inf, inf), got -inf"),
+        (
+            ["--learning-starts", "300"],
+            "learning_starts must be in [0, 300), got 300 (below steps=300",
+        ),
+        (
+            ["--batch-size", "400", "--buffer-size", "400"],
+            "batch_size must be in [1, 300], got 400 (at most steps=300",
+        ),
     ],
 )
 def test_settings_that_would_run_nothing_are_refused(tmp_path, capsys, flags, message):
-    train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "100")
+    train(tmp_path, "run", "--env", "Pendulum-v1", "--steps", "150")
     before = folder_digest(tmp_path)
     capsys.readouterr()
     assert exit_code(["train", "sac", *TINY, "--env", "Pendulum-v1", "--out", str(tmp_path),

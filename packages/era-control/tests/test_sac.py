@@ -13,7 +13,7 @@ from era_core.testing import cpu_and_cuda
 
 def agent(device="cpu", seeds=(0, 1, 2), obs_dim=5, action_dim=3, **overrides):
     cfg = sac.SACConfig(
-        env="Pendulum-v1", steps=1000, seeds=len(seeds), hidden=(32, 32), **overrides
+        env="Pendulum-v1", steps=10_000, seeds=len(seeds), hidden=(32, 32), **overrides
     )
     return sac.SAC(cfg, rng.generators(seeds, device), obs_dim, action_dim, torch.device(device))
 

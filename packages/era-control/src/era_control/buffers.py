@@ -52,15 +52,23 @@ class ReplayBuffer:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity, self.device = capacity, torch.device(device)
-        shape = (capacity, num_seeds)
-        self.storage = {
-            "obs": torch.empty(*shape, obs_dim, device=device),
-            "action": torch.empty(*shape, action_dim, device=device),
-            "reward": torch.empty(*shape, device=device),
-            "next_obs": torch.empty(*shape, obs_dim, device=device),
-            "terminated": torch.empty(*shape, device=device),
+        shape, f32 = (capacity, num_seeds), torch.float32
+        self.storage = {  # what stored_bytes counts
+            "obs": torch.empty(*shape, obs_dim, dtype=f32, device=device),
+            "action": torch.empty(*shape, action_dim, dtype=f32, device=device),
+            "reward": torch.empty(*shape, dtype=f32, device=device),
+            "next_obs": torch.empty(*shape, obs_dim, dtype=f32, device=device),
+            "terminated": torch.empty(*shape, dtype=f32, device=device),
         }
         self.pos, self.size = 0, 0
+
+    @staticmethod
+    def stored_bytes(capacity: int, num_seeds: int, obs_dim: int, action_dim: int) -> int:
+        """Bytes of a full buffer's :meth:`state_dict` (the write position adds a few more).
+
+        Per transition and seed: float32 obs, action, reward, next_obs and terminated.
+        """
+        return capacity * num_seeds * (2 * obs_dim + action_dim + 2) * 4
 
     def __len__(self) -> int:
         return self.size

@@ -70,11 +70,14 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return state
 
 
-def note_resume(run_dir: str | Path, step: int, note: str) -> None:
-    """Append what a resume at ``step`` could not restore to ``run_dir/run.yaml`` (``resumes``)."""
+def note_resume(run_dir: str | Path, step: int, **notes: str) -> None:
+    """Append what a resume at ``step`` could not restore to ``run_dir/run.yaml`` (``resumes``).
+
+    ``notes`` name the part, e.g. ``env_state="..."`` or ``replay_buffer="..."``.
+    """
     path = Path(run_dir) / "run.yaml"
     info = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
-    info.setdefault("resumes", []).append({"step": int(step), "env_state": note})
+    info.setdefault("resumes", []).append({"step": int(step), **notes})
     path.write_text(yaml.safe_dump(info, sort_keys=False))
 
 

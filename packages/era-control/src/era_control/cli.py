@@ -12,9 +12,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from era_control import checkpoint, config, envs
+from era_control import checkpoint, config
 from era_control.plot import plot_runs
-from era_control.runs import ALGORITHMS, evaluate_run, load_run, start_run
+from era_control.runs import ALGORITHMS, check_device, evaluate_run, load_run, start_run
 from era_core.cli import UsageError, debug_requested, hold_run_dir, report_usage_errors
 
 __all__ = ["build_parser", "main"]
@@ -29,23 +29,14 @@ def _user_input() -> Iterator[None]:
         raise UsageError(str(error)) from error
 
 
-def _check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu")
-
-
 def _train(args: argparse.Namespace) -> int:
     spec = ALGORITHMS[args.algo]
     if args.resume is None:
         with _user_input():
             cfg = config.resolve(spec.config, args, spec.presets)
-            envs.make_env(cfg.env).close()  # refuse e.g. discrete actions before any folder exists
-        _check_device(cfg.device)
-        with start_run(args.algo, cfg) as run_dir:
-            print(f"run directory: {run_dir}")
-            return spec.train(cfg, run_dir, False)
+        with start_run(args.algo, cfg) as run:
+            print(f"run directory: {run.dir}")
+            return spec.train(run.config, run.dir, False, run.checkpointed)
     given = sorted(f.name for f in dataclasses.fields(spec.config) if hasattr(args, f.name))
     steps = getattr(args, "steps", None)
     if steps is not None:
@@ -62,6 +53,7 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{str(run_dir)!r} is a {algo} run: resume it with `train {algo} --resume`"
         )
+    check_device(cfg.device)  # before _extend writes config.yaml
     with hold_run_dir(run_dir):
         state = checkpoint.load(run_dir / "checkpoint.pt")
         # `steps` is the one field a resume may change (an extension killed before its first
@@ -75,8 +67,7 @@ def _train(args: argparse.Namespace) -> int:
             )
         if steps is not None and steps != cfg.steps:
             cfg = _extend(run_dir, algo, cfg, steps, int(state["step"]))
-        _check_device(cfg.device)
-        return spec.train(cfg, run_dir, True)
+        return spec.train(cfg, run_dir, True, None)
 
 
 def _extend(
@@ -100,7 +91,7 @@ def _extend(
 def _eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
-    _check_device(args.device)
+    check_device(args.device)
     _, _, cfg = load_run(Path(args.run))
     returns = evaluate_run(args.run, args.episodes, args.device)
     result = {"env": cfg.env, "episodes": args.episodes, "seeds": cfg.seed_list(), "returns": returns.tolist(),
@@ -122,9 +113,10 @@ def _plot(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from era_control import demo  # heavy plotting imports only when asked for
 
-    for flag in ("steps", "seeds"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    # The demo's SACConfig refuses fewer steps than a batch too, but with a traceback.
+    for flag, least in (("steps", demo.BATCH_SIZE), ("seeds", 1)):
+        if getattr(args, flag) < least:
+            raise UsageError(f"--{flag} must be at least {least}, got {getattr(args, flag)}")
     return demo.run(Path(args.out), args.env, args.steps, args.seeds)
 
 

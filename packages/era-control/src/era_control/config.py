@@ -235,6 +235,10 @@ class RunConfig:
         torch.device("cpu" if self.device == "auto" else self.device)  # raises on a malformed name
         resolve_env_id(self.env)
 
+    def approximate_resume(self) -> str | None:
+        """Why a resume of this run cannot continue exactly, or ``None`` (recorded in run.yaml)."""
+        return None
+
     def seed_list(self) -> list[int]:
         """The ensemble's seeds, in member order."""
         return list(range(self.seed, self.seed + self.seeds))

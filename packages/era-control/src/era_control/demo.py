@@ -15,9 +15,11 @@ from era_control.logging import METRICS_FILE, read_metrics
 from era_control.plot import curve
 from era_control.runs import evaluate_run, start_run
 
-__all__ = ["run"]
+__all__ = ["BATCH_SIZE", "run"]
 
 ARMS = {"SAC-ERA": True, "SAC": False}
+BATCH_SIZE = 128
+"""Transitions per update; the demo needs at least as many steps."""
 
 
 def run(
@@ -29,15 +31,15 @@ def run(
         cfg = sac.SACConfig(
             env=env, steps=steps, seeds=seeds, era=era, out=str(out), run_name=label.lower(),
             learning_starts=min(1_000, steps // 4), eval_every=max(steps // 8, 1),
-            eval_episodes=3, log_every=max(steps // 40, 1), hidden=(64, 64), batch_size=128,
+            eval_episodes=3, log_every=max(steps // 40, 1), hidden=(64, 64), batch_size=BATCH_SIZE,
             tensorboard=False,
         )  # fmt: skip
-        with start_run("sac", cfg) as run_dir:
-            print(f"== {label}: {run_dir}", flush=True)
-            code = sac.train(cfg, run_dir)
+        with start_run("sac", cfg) as run:
+            print(f"== {label}: {run.dir}", flush=True)
+            code = sac.train(run.config, run.dir, False, run.checkpointed)
         if code:
             return code
-        runs[label] = run_dir
+        runs[label] = run_dir = run.dir
         final = evaluate_run(run_dir, episodes=5)
         _, entropy, _ = curve(run_dir, "entropy/executed")
         lowest = min(

@@ -24,6 +24,7 @@ from gymnasium.utils import EzPickle
 
 __all__ = [
     "Restored",
+    "env_dims",
     "evaluate",
     "final_observations",
     "make_env",
@@ -136,6 +137,14 @@ def make_env(env_id: str) -> gym.Env:
     if not (np.isfinite(env.action_space.low).all() and np.isfinite(env.action_space.high).all()):
         raise ValueError(f"env {env_id!r}: action bounds must be finite to rescale to [-1, 1]")
     return _UnitAction(_FlatFloat32Observation(env))
+
+
+def env_dims(env_id: str) -> tuple[int, int]:
+    """Observation and action sizes of ``env_id`` (as wrapped by :func:`make_env`)."""
+    env = make_env(env_id)
+    dims = gym.spaces.flatdim(env.observation_space), gym.spaces.flatdim(env.action_space)
+    env.close()
+    return dims
 
 
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:

@@ -18,14 +18,15 @@ its network members, generator (initial weights, action noise, minibatch order),
 observation/reward statistics and gradient-norm clip, so it trains as it would alone.
 """
 
+import contextlib
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -51,7 +52,6 @@ __all__ = [
     "PPOConfig",
     "Rollout",
     "RolloutCollector",
-    "env_dims",
     "evaluation_policy",
     "gae",
     "train",
@@ -462,14 +462,6 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
     return out
 
 
-def env_dims(env_id: str) -> tuple[int, int]:
-    """Observation and action sizes of ``env_id`` (as wrapped by :func:`envs.make_env`)."""
-    env = envs.make_env(env_id)
-    dims = gym.spaces.flatdim(env.observation_space), gym.spaces.flatdim(env.action_space)
-    env.close()
-    return dims
-
-
 def _crossed(previous: int, step: int, every: int) -> bool:
     """Whether a multiple of ``every`` lies in ``(previous, step]``."""
     return step // every > previous // every
@@ -594,12 +586,18 @@ class RolloutCollector:
         return restored.note
 
 
-def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
+def train(
+    cfg: PPOConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    on_checkpoint: Callable[[], None] | None = None,
+) -> int:
     """Train (or resume) a run in ``run_dir``; returns a process exit code.
 
     A SIGINT/SIGTERM lets the current rollout and update finish (PPO's unit of work), then
     saves a checkpoint and returns ``130``/``143``; ``resume=True`` continues from
     ``run_dir/checkpoint.pt`` so that, on CPU, the parameters equal an uninterrupted run's.
+    ``on_checkpoint`` is called after every checkpoint written.
     """
     run_dir = Path(run_dir)
     if cfg.threads is not None:
@@ -607,7 +605,7 @@ def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
     device = cfg.torch_device()
     seeds, iterations = cfg.seed_list(), cfg.steps // cfg.batch_size
     generators = rng.generators(seeds, device)
-    obs_dim, action_dim = env_dims(cfg.env)
+    obs_dim, action_dim = envs.env_dims(cfg.env)
     agent = PPO(cfg, generators, obs_dim, action_dim, device)
     # RNG states must stay on the CPU: no map_location.
     state = checkpoint.load(run_dir / "checkpoint.pt") if resume else None
@@ -624,8 +622,8 @@ def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
         rng.set_global_state(state["global_rng"])
         note = collector.load_state_dict(state["collector"], [s + step for s in reset_seeds])
         if note is not None:
-            checkpoint.note_resume(run_dir, step, note)
-            print(f"warning: {note}")
+            checkpoint.note_resume(run_dir, step, env_state=note)
+            print(f"warning: {note}", file=sys.stderr)
     eval_envs = envs.make_vector_env(cfg.env, cfg.seeds)
 
     def save() -> None:
@@ -635,10 +633,17 @@ def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
             "generators": [g.get_state() for g in generators], "global_rng": rng.global_state(),
             "config": to_dict(cfg),
         })  # fmt: skip
+        if on_checkpoint is not None:
+            on_checkpoint()
 
     policy = _deterministic(agent)
     last_eval, log_time, log_step = float("nan"), time.perf_counter(), step
-    with checkpoint.StopSignal() as stop, progress_bar(iterations * cfg.batch_size, step, run_dir.name) as bar:  # fmt: skip
+    # The log is closed however the loop ends (a crash included).
+    with (
+        contextlib.closing(logger),
+        checkpoint.StopSignal() as stop,
+        progress_bar(iterations * cfg.batch_size, step, run_dir.name) as bar,
+    ):
         while iteration < iterations and not stop.requested:
             lr = cfg.lr * (1.0 - iteration / iterations) if cfg.anneal_lr else cfg.lr
             metrics = update(agent, collector.collect(step), lr)
@@ -658,7 +663,6 @@ def train(cfg: PPOConfig, run_dir: str | Path, resume: bool = False) -> int:
             bar.update(cfg.batch_size)
             bar.set_postfix(eval_return=f"{last_eval:.1f}", refresh=False)
         save()  # the final state, or where a signal stopped the loop
-    logger.close()
     eval_envs.close()
     collector.envs.close()
     if stop.requested:
@@ -670,6 +674,6 @@ def evaluation_policy(
     cfg: PPOConfig, state: dict[str, Any], device: torch.device
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The deterministic policy ``obs (seeds, obs_dim) -> actions`` stored in a checkpoint."""
-    agent = PPO(cfg, rng.generators(cfg.seed_list(), device), *env_dims(cfg.env), device)
+    agent = PPO(cfg, rng.generators(cfg.seed_list(), device), *envs.env_dims(cfg.env), device)
     agent.load_state_dict(state["agent"])
     return _deterministic(agent)

@@ -13,10 +13,14 @@ The two differ only in the entropy mechanism (method.md §1):
 Networks, replay, schedule and evaluation are shared, so runs differ only where they should.
 """
 
+import contextlib
 import copy
 import dataclasses
 import math
+import shutil
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +46,7 @@ from era_control.entropy_floor import (
 )
 from era_control.logging import Logger, progress_bar
 from era_control.networks import EnsembleMLP
+from era_core.cli import UsageError
 from era_core.functional import (
     gaussian_era,
     truncated_gaussian_era,
@@ -56,6 +61,7 @@ __all__ = [
     "SACConfig",
     "build",
     "evaluation_policy",
+    "resolve_save_buffer",
     "saturated_fraction",
     "train",
 ]
@@ -104,7 +110,9 @@ class SACConfig(RunConfig):
     )
     updates_per_step: int = help_field(1, "gradient updates per env step (UTD ratio)")
     save_buffer: bool | None = help_field(
-        None, "store the replay buffer in checkpoints (default: when steps < 1M)"
+        None,
+        "store the replay buffer in checkpoints, so --resume continues exactly (default: when "
+        "it fits in the free space of --out, twice over); without it a resume is approximate",
     )
 
     def __post_init__(self) -> None:
@@ -145,16 +153,34 @@ class SACConfig(RunConfig):
         check_range("gamma", self.gamma, 0.0, 1.0, high_inclusive=False)
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden must be one or more positive widths, got {self.hidden}")
-        check_range("batch_size", self.batch_size, 1)
+        # Updates run from the step where both learning_starts has passed and the buffer holds
+        # a batch; each bound below keeps that step within the run.
+        check_range(
+            "batch_size", self.batch_size, 1, self.steps,
+            why=f"at most steps={self.steps}: the buffer never holds more transitions than "
+            "steps, so no update would ever run",
+        )  # fmt: skip
         check_range(
             "buffer_size", self.buffer_size, self.batch_size,
             why=f"at least batch_size={self.batch_size}: a smaller buffer never holds a batch, "
             "so no update would ever run",
         )  # fmt: skip
-        check_range("learning_starts", self.learning_starts, 0)
+        check_range(
+            "learning_starts", self.learning_starts, 0, self.steps, high_inclusive=False,
+            why=f"below steps={self.steps}: the first learning_starts steps act at random and "
+            "train nothing",
+        )  # fmt: skip
         check_range("updates_per_step", self.updates_per_step, 1)
-        if self.save_buffer is None:
-            self.save_buffer = self.steps < 1_000_000
+        # save_buffer=None is resolved by resolve_save_buffer, which knows the env's sizes.
+
+    def approximate_resume(self) -> str | None:
+        """Why a resume of this run cannot continue exactly, or ``None``."""
+        if self.save_buffer is False:
+            return (
+                "approximate: checkpoints hold no replay buffer (save_buffer: false), so a "
+                "resume refills it from scratch and does not reproduce an uninterrupted run"
+            )
+        return None
 
     def entropy_target(self, action_dim: int) -> float:
         """``H0`` in nats for an ``action_dim``-dim action space."""
@@ -378,12 +404,62 @@ def build(
     return SAC(cfg, generators, obs_dim, action_dim, device), train_envs, generators
 
 
-def train(cfg: SACConfig, run_dir: str | Path, resume: bool = False) -> int:
+def resolve_save_buffer(cfg: SACConfig, obs_dim: int, action_dim: int) -> SACConfig:
+    """``cfg`` with ``save_buffer`` decided, before a new run writes anything.
+
+    The default saves the buffer (an exact resume) whenever it fits in the free space of
+    ``--out`` twice: a checkpoint is written beside the previous one, then renamed over it.
+    Prints the buffer's size in checkpoints, or a warning when resumes will be approximate.
+
+    Raises:
+        UsageError: ``--save-buffer`` was asked for and the buffer does not fit.
+    """
+    size = ReplayBuffer.stored_bytes(
+        min(cfg.buffer_size, cfg.steps), cfg.seeds, obs_dim, action_dim
+    )
+    out = Path(cfg.out).absolute()
+    existing = next(p for p in (out, *out.parents) if p.exists())  # --out may not exist yet
+    free = shutil.disk_usage(existing).free
+    fits = 2 * size <= free
+    where = f"{_bytes(size)} per checkpoint, {_bytes(free)} free on --out {cfg.out!r}"
+    if cfg.save_buffer and not fits:
+        raise UsageError(
+            f"--save-buffer true: the replay buffer does not fit twice ({where}); free space, "
+            "lower --buffer-size, or pass --save-buffer false (resumes then are approximate)"
+        )
+    if cfg.save_buffer is None:
+        cfg = dataclasses.replace(cfg, save_buffer=fits)
+    if cfg.save_buffer:
+        print(f"replay buffer in checkpoints: {_bytes(size)} (--save-buffer true)")
+    else:
+        why = "--save-buffer false" if fits else f"it does not fit twice ({where})"
+        print(
+            f"warning: checkpoints leave the {_bytes(size)} replay buffer out ({why}): a "
+            "--resume refills it from scratch and will not reproduce an uninterrupted run",
+            file=sys.stderr,
+        )
+    return cfg
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def train(
+    cfg: SACConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    on_checkpoint: Callable[[], None] | None = None,
+) -> int:
     """Train (or resume) a run in ``run_dir``; returns a process exit code.
 
     A SIGINT/SIGTERM makes the loop save a checkpoint and return ``130``/``143``;
     ``resume=True`` continues from ``run_dir/checkpoint.pt`` so that, on CPU, the
-    parameters equal those of an uninterrupted run.
+    parameters equal those of an uninterrupted run (when the checkpoints hold the replay
+    buffer: ``save_buffer``). ``on_checkpoint`` is called after every checkpoint written.
     """
     run_dir = Path(run_dir)
     if cfg.threads is not None:
@@ -392,6 +468,8 @@ def train(cfg: SACConfig, run_dir: str | Path, resume: bool = False) -> int:
     seeds = cfg.seed_list()
     agent, train_envs, gens = build(cfg, device)
     obs_dim, action_dim = agent.obs_dim, agent.action_dim
+    if cfg.save_buffer is None:  # called without runs.start_run, which decides it
+        cfg = resolve_save_buffer(cfg, obs_dim, action_dim)
     buffer = ReplayBuffer(min(cfg.buffer_size, cfg.steps), cfg.seeds, obs_dim, action_dim, device)
     step, episode_return, episode_length = 0, np.zeros(cfg.seeds), np.zeros(cfg.seeds, dtype=int)
     if resume:
@@ -403,14 +481,23 @@ def train(cfg: SACConfig, run_dir: str | Path, resume: bool = False) -> int:
         for gen, gen_state in zip(gens, state["generators"], strict=True):
             gen.set_state(gen_state)
         rng.set_global_state(state["global_rng"])
+        notes = {}  # what this resume cannot restore, for run.yaml
         if state["buffer"] is not None:
             buffer.load_state_dict(state["buffer"])
+        else:
+            notes["replay_buffer"] = (
+                "replay buffer not in the checkpoint (save_buffer: false): refilled from "
+                "scratch, so this run no longer reproduces an uninterrupted one"
+            )
         train_envs.close()
         restored = envs.restore_envs(state["envs"], cfg.env, cfg.seeds, [s + step for s in seeds])
         train_envs = restored.envs
         if restored.note is not None:
-            checkpoint.note_resume(run_dir, step, restored.note)
-            print(f"warning: {restored.note}")
+            notes["env_state"] = restored.note
+        if notes:
+            checkpoint.note_resume(run_dir, step, **notes)
+        for note in notes.values():
+            print(f"warning: {note}", file=sys.stderr)
         if restored.obs is not None:  # fresh episodes
             obs, episode_return[:], episode_length[:] = restored.obs, 0.0, 0
     else:
@@ -428,11 +515,18 @@ def train(cfg: SACConfig, run_dir: str | Path, resume: bool = False) -> int:
             "buffer": buffer.state_dict() if cfg.save_buffer else None,
             "envs": envs.snapshot_envs(train_envs), "config": to_dict(cfg),
         })  # fmt: skip
+        if on_checkpoint is not None:
+            on_checkpoint()
 
     policy = _deterministic(agent, device)
     metrics: dict[str, Tensor] = {}
     last_eval, log_time, log_step = float("nan"), time.perf_counter(), step
-    with checkpoint.StopSignal() as stop, progress_bar(cfg.steps, step, run_dir.name) as bar:
+    # The log is closed however the loop ends (a crash included).
+    with (
+        contextlib.closing(logger),
+        checkpoint.StopSignal() as stop,
+        progress_bar(cfg.steps, step, run_dir.name) as bar,
+    ):
         while step < cfg.steps and not stop.requested:
             if step < cfg.learning_starts:  # uniform warm-up actions, from each seed's generator
                 action = rng.rand(gens, (action_dim,), device) * 2.0 - 1.0
@@ -470,7 +564,6 @@ def train(cfg: SACConfig, run_dir: str | Path, resume: bool = False) -> int:
             bar.update(1)
             bar.set_postfix(eval_return=f"{last_eval:.1f}", refresh=False)
         save()  # the final state, or where a signal stopped the loop
-    logger.close()
     eval_envs.close()
     train_envs.close()
     if stop.requested:
