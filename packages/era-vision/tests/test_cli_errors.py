@@ -143,6 +143,14 @@ def test_another_recipe_in_an_existing_out(tmp_path, capsys):
     assert _run_files(run) == before
 
 
+def test_test_only_without_resume_is_refused(tmp_path, capsys):
+    # --test-only used to evaluate the checkpoint regardless: --no-resume was ignored.
+    line = _error_line(
+        capsys, ["train", *TINY, "--out", str(tmp_path), "--test-only", "--no-resume"]
+    )
+    assert "test_only=True" in line and "resume=False" in line
+
+
 def test_a_resume_to_below_the_checkpoint_step_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", *TINY, "--model", "mlp", "--epochs", "2", "--out", str(run)]

@@ -93,7 +93,11 @@ class TrainConfig:
         default=None, metadata={"help": "run folder (default runs/<data>-<model>-<reg>-seed<seed>)"}
     )
     resume: bool = field(
-        default=True, metadata={"help": "continue from <out>/checkpoint.pt when it exists"}
+        default=True,
+        metadata={
+            "help": "continue from <out>/checkpoint.pt when it exists; --no-resume starts over "
+            "(the old run is kept aside until the new one's first checkpoint)"
+        },
     )
     regularizer: Regularizer = field(
         default="ce",
@@ -243,6 +247,11 @@ class TrainConfig:
         for name in ("max_steps", "train_subset"):
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), low=1)
+        if self.test_only and not self.resume:
+            raise ValueError(
+                "test_only=True evaluates <out>/checkpoint.pt, which resume=False would start "
+                "over: give one of the two"
+            )
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size={self.batch_size} must be divisible by grad_accum={self.grad_accum}"
