@@ -1,14 +1,18 @@
 """Bad input: one line ``error: ...`` on stderr, exit code 2, a traceback only with --debug."""
 
+import os
+import subprocess
 import sys
+import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
-from era_core.cli import UsageError
+from era_core.cli import SET_ASIDE_DIR, UsageError
 from era_core.testing import folder_digest, held_run_dir
 from era_vision.cli import main
 from era_vision.models import register_model
@@ -42,6 +46,29 @@ def _image_folder(root, classes, splits=("train", "val"), per_class=2):
             (root / split / name).mkdir(parents=True)
             for i in range(per_class):
                 Image.new("RGB", (8, 8), (100 * k, 50, i)).save(root / split / name / f"{i}.png")
+
+
+def _image_run_args(tmp_path: Path) -> tuple[list[str], Path]:
+    """``train`` of 2 epochs of 2 steps on a folder of 8 images (made here), and its run folder."""
+    _image_folder(tmp_path / "data", ["cat", "dog"], per_class=4)
+    run = tmp_path / "run"
+    args = ["train", "--data", f"imagenet:{tmp_path / 'data'}", "--model", "test_pool_linear"]
+    args += ["--batch-size", "4", "--device", "cpu", "--augment", "none", "--out", str(run)]
+    args += ["--warmup-epochs", "0", "--epochs", "2", "--log-every", "1"]
+    args += ["--calibration-holdout", "0"]  # 5% of 8 images is none
+    return args, run
+
+
+def _run_files(run: Path) -> dict[str, str]:
+    """The run folder's digest, but for the lock file (which holds the last owner's pid)."""
+    return {name: digest for name, digest in folder_digest(run).items() if name != ".lock"}
+
+
+def _eval_rows(capsys, run: Path) -> str:
+    """What ``eval`` of the run prints: its rows."""
+    capsys.readouterr()
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    return capsys.readouterr().out
 
 
 def test_missing_data(tmp_path, capsys):
@@ -83,12 +110,8 @@ def test_infeasible_or_negative_floor(tmp_path, capsys, floor, match):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_corrupt_image_is_named_and_the_checkpoint_kept(tmp_path, capsys, workers):
-    _image_folder(tmp_path / "data", ["cat", "dog"], per_class=4)
-    run = tmp_path / "run"
-    args = ["train", "--data", f"imagenet:{tmp_path / 'data'}", "--model", "test_pool_linear"]
-    args += ["--batch-size", "4", "--device", "cpu", "--augment", "none", "--out", str(run)]
-    args += ["--warmup-epochs", "0", "--epochs", "2", "--workers", str(workers)]
-    args += ["--calibration-holdout", "0"]  # 5% of 8 images is none
+    args, run = _image_run_args(tmp_path)
+    args += ["--workers", str(workers)]
     assert main([*args, "--max-steps", "2"]) == 0  # one epoch of 8 images
     saved = torch.load(run / "checkpoint.pt", weights_only=True)
     bad = tmp_path / "data" / "train" / "dog" / "1.png"
@@ -114,9 +137,33 @@ def test_another_recipe_in_an_existing_out(tmp_path, capsys):
     args = ["train", *TINY, "--epochs", "1", "--out", str(run)]
     assert main([*args, "--model", "mlp"]) == 0
     capsys.readouterr()
+    before = _run_files(run)
     line = _error_line(capsys, [*args, "--model", "resnet_narrow", "--regularizer", "era"])
     assert "model='mlp' -> 'resnet_narrow'" in line and "regularizer='ce' -> 'era'" in line
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["model"] == "mlp"
+    assert _run_files(run) == before
+
+
+def test_test_only_without_resume_is_refused(tmp_path, capsys):
+    # --test-only used to evaluate the checkpoint regardless: --no-resume was ignored.
+    line = _error_line(
+        capsys, ["train", *TINY, "--out", str(tmp_path), "--test-only", "--no-resume"]
+    )
+    assert "test_only=True" in line and "resume=False" in line
+
+
+def test_a_resume_to_below_the_checkpoint_step_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *TINY, "--model", "mlp", "--epochs", "2", "--out", str(run)]
+    assert main([*args, "--max-steps", "3"]) == 0
+    capsys.readouterr()
+    before = _run_files(run)
+    # It used to exit 0 with max_steps: 2 in config.yaml beside a checkpoint of step 3.
+    assert _error_line(capsys, [*args, "--max-steps", "2"]) == (
+        f"error: --max-steps 2 is below the step of {run / 'checkpoint.pt'}, 3: the run is past "
+        "it (give 3 or more, or --no-resume to start over)"
+    )
+    assert _run_files(run) == before
+    assert main([*args, "--max-steps", "3"]) == 0  # the paused run's own step: a rerun
 
 
 def test_run_of_an_older_recipe_or_config(tmp_path, capsys):
@@ -196,3 +243,105 @@ def test_a_holdout_that_rounds_to_no_image_is_refused(tmp_path, capsys):
     assert "got 1e-09 (or 0: below that it holds out no image of the " in line
     assert line.endswith("(--calibration-holdout)")
     assert folder_digest(run) == before
+
+
+@pytest.mark.parametrize("failure", ["corrupt image", "missing data", "unknown model"])
+def test_a_restart_that_fails_leaves_the_old_run_as_it_was(tmp_path, capsys, failure):
+    args, run = _image_run_args(tmp_path)
+    assert main(args) == 0
+    rows = _eval_rows(capsys, run)
+    before = _run_files(run)
+    restart = [*args, "--no-resume", "--lr", "0.05"]
+    if failure == "corrupt image":  # read in the first batch, after the new run's first write
+        bad = tmp_path / "data" / "train" / "dog" / "1.png"
+        bad.write_bytes(b"not a png")
+        assert str(bad) in _error_line(capsys, restart)
+    elif failure == "missing data":
+        line = _error_line(capsys, [*restart, "--data", f"imagenet:{tmp_path / 'none'}"])
+        assert "--data" in line
+    else:
+        assert "unknown model" in _error_line(capsys, [*restart, "--model", "resnet_nope"])
+    # A new config.yaml beside the old checkpoint made eval read a mix of the two runs.
+    assert _run_files(run) == before
+    assert _eval_rows(capsys, run) == rows
+
+
+def test_a_restart_replaces_the_whole_old_run(tmp_path, capsys):
+    args, run = _image_run_args(tmp_path)
+    assert main(args) == 0
+    _image_folder(tmp_path / "other", ["cat", "dog"], splits=("train", "val"))
+    assert (
+        main(["eval", str(run), "--device", "cpu", "--data", f"imagenet:{tmp_path / 'other'}"]) == 0
+    )
+    assert (run / "eval-imagenet" / "eval.json").exists()
+    assert main([*args, "--no-resume", "--lr", "0.05"]) == 0
+    entries = {p.name for p in run.iterdir()}
+    assert entries == {".lock", "config.yaml", "checkpoint.pt", "tb", "eval.json"} | {
+        "eval_reliability.png",
+        "train.csv",
+        "speed.csv",
+        "eval.csv",
+    }  # the old run's eval-imagenet/ report went with it, and nothing is set aside
+    assert len(list((run / "tb").iterdir())) == 1
+    with open(run / "train.csv") as f:
+        rows = f.read().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["1", "2", "3", "4"]  # no row of the old run
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["lr"] == 0.05
+
+
+def test_a_killed_restart_is_undone_by_the_next_train(tmp_path, capsys):
+    args, run = _image_run_args(tmp_path)
+    assert main(args) == 0
+    rows = _eval_rows(capsys, run)
+    before = _run_files(run)
+    # An image the restart blocks on when it reads it, in its first epoch: before any
+    # checkpoint, after it set the old run aside and wrote its own config.yaml.
+    fifo = tmp_path / "data" / "train" / "dog" / "1.png"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    # Another model: this process's test_pool_linear is unknown to the child.
+    restart = [*args, "--no-resume", "--model", "resnet_narrow"]
+    log = tmp_path / "restart.log"  # a file, not a pipe: a full pipe would block the child
+    with (
+        log.open("wb") as stderr,
+        subprocess.Popen(
+            [sys.executable, "-m", "era_vision", *restart],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=os.environ | {"OMP_NUM_THREADS": "1"},
+        ) as proc,
+    ):
+
+        def open_the_fifo_if_it_exits() -> None:  # else the open below would wait forever
+            proc.wait()
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+
+        unblock = threading.Thread(target=open_the_fifo_if_it_exits)
+        unblock.start()
+        try:
+            with open(fifo, "wb"):  # returns once a reader has the image open
+                assert proc.poll() is None, log.read_text()
+                assert (run / SET_ASIDE_DIR).is_dir()
+                line = _error_line(capsys, ["eval", str(run), "--device", "cpu"])
+                assert "is being replaced" in line
+                proc.kill()  # before the image is closed, which the run would report as unreadable
+                proc.wait()
+        finally:
+            proc.kill()
+            unblock.join()
+    fifo.unlink()
+    assert (run / SET_ASIDE_DIR).is_dir() and _run_files(run) != before
+    after_kill = _run_files(run)
+    line = _error_line(capsys, ["eval", str(run), "--device", "cpu"])
+    assert line == (
+        f"error: run={str(run)!r} is being replaced: {SET_ASIDE_DIR}/ holds the earlier run "
+        "until the training that started over there checkpoints, or, if that training was "
+        "killed, until the next era-vision train there restores it (command line)"
+    )
+    assert _run_files(run) == after_kill
+    # The next train takes the folder and restores the old run, then refuses a changed recipe.
+    assert main([*args, "--lr", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "the earlier run's files are back" in err and "lr=0.1 -> 0.2" in err
+    assert _run_files(run) == before
+    assert _eval_rows(capsys, run) == rows

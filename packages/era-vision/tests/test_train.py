@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,19 @@ import yaml
 from era_core.cli import UsageError
 from era_vision.cli import main
 from era_vision.data import load_data
-from era_vision.train import TrainConfig, build_model, lr_at, train
+from era_vision.distributed import setup
+from era_vision.train import (
+    RUNTIME_FIELDS,
+    TrainConfig,
+    _check_same_recipe,
+    build_model,
+    checkpoint_path,
+    lr_at,
+    resume_checkpoint,
+    setup_data,
+    setup_model,
+    train,
+)
 
 # Tiny budgets on the built-in digits: 256 images, batch 32 -> 8 steps per epoch.
 TINY = dict(
@@ -157,6 +170,80 @@ def test_resume_is_exact(tmp_path):
     again = train(TrainConfig(out=str(tmp_path / "split"), max_steps=13, **cfg))
     assert again["metrics"] == second["metrics"]
     assert _rows(tmp_path / "split", "eval") == split_eval
+
+
+# A valid value other than the default for each field a resumed run must keep.
+RECIPE_CHANGES = {
+    "model": "mlp",
+    "data": "fashion-mnist",
+    "regularizer": "era",
+    "label_smoothing": 0.2,
+    "dropout": 0.2,
+    "confidence_penalty": 0.2,
+    "min_entropy": 0.3,
+    "era_tau": 5.0,
+    "era_calibration": "tight",
+    "epochs": 3,
+    "batch_size": 64,
+    "optimizer": "adamw",
+    "lr": 0.05,
+    "momentum": 0.5,
+    "weight_decay": 0.0,
+    "warmup_epochs": 0.5,
+    "augment": "none",
+    "erasing": "pixel",
+    "mixup_alpha": 0.2,
+    "cutmix_alpha": 0.2,
+    "clip_grad_norm": 1.0,
+    "grad_accum": 2,
+    "ema_decay": 0.9,
+    "ema_warmup": True,
+    "amp": False,
+    "amp_dtype": "float16",
+    "dist_bn": "sync",
+    "seed": 1,
+    "train_subset": 100,
+    "calibration_holdout": 0.1,
+}
+
+
+def test_a_resume_refuses_every_changed_recipe_field(tmp_path):
+    # Every field is either a runtime flag a resumed run applies, or refused when changed:
+    # a new field must be put on one side (a resumed run records no value it does not use).
+    assert RECIPE_CHANGES.keys() == {f.name for f in fields(TrainConfig)} - RUNTIME_FIELDS
+    saved = asdict(TrainConfig())
+    for name, value in RECIPE_CHANGES.items():
+        with pytest.raises(UsageError) as refused:
+            _check_same_recipe(saved, TrainConfig(**{name: value}), tmp_path / "checkpoint.pt")
+        assert f"another recipe ({name}={saved[name]!r} -> {value!r}); " in str(refused.value)
+
+
+def test_a_resume_applies_changed_runtime_flags(tmp_path):
+    cfg = dict(model="mlp", regularizer="dropout", epochs=3, **TINY)
+    straight = TrainConfig(out=str(tmp_path / "straight"), max_steps=16, **cfg)
+    train(straight)
+    train(TrainConfig(out=str(tmp_path / "split"), max_steps=5, checkpoint_every=0, **cfg))
+    flags = dict(max_steps=16, log_every=2, eval_every=2, checkpoint_every=3)
+    train(TrainConfig(out=str(tmp_path / "split"), **{**cfg, **flags}))
+    saved = yaml.safe_load((tmp_path / "split" / "config.yaml").read_text())
+    assert {k: saved[k] for k in flags} == flags
+    # Where and how often it logs is what changed; what it learns is not.
+    _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "split"))
+    steps = [int(r["step"]) for r in _rows(tmp_path / "split", "train")]
+    assert steps == [1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16]
+    # eval_every 1 until step 5 (epoch 1 at step 8 is skipped by eval_every 2), then the end.
+    assert sorted({int(r["step"]) for r in _rows(tmp_path / "split", "eval")}) == [5, 16]
+
+
+def test_a_checkpoint_that_scaled_no_loss_resumes_with_a_fresh_scaler(tmp_path):
+    cfg = TrainConfig(model="mlp", epochs=1, max_steps=2, out=str(tmp_path), **TINY)
+    train(cfg)
+    # As a CPU run resumed on CUDA with --amp-dtype float16: its checkpoint holds no scale.
+    ctx = setup("cpu")
+    trainee = setup_model(cfg, setup_data(cfg, ctx).data, ctx)
+    trainee.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    assert resume_checkpoint(checkpoint_path(cfg), cfg, trainee, ctx).step == 2
+    assert trainee.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
 
 
 def test_evaluation_does_not_change_training(tmp_path):

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from era_core.cli import UsageError
+from era_core.cli import SET_ASIDE_DIR, UsageError
 from era_vision.calibration import evaluate_heads
 from era_vision.config import load_config, load_yaml, user_input
 from era_vision.data import AugmentedDataset, build_transform, load_data, parse_data, split_holdout
@@ -39,6 +39,13 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         run = Path(self.run)
+        if (run / SET_ASIDE_DIR).exists():
+            # Its files are then part old run, part new (era_core.cli.replacing_run).
+            raise ValueError(
+                f"run={self.run!r} is being replaced: {SET_ASIDE_DIR}/ holds the earlier run "
+                "until the training that started over there checkpoints, or, if that training "
+                "was killed, until the next era-vision train there restores it"
+            )
         if not (run / "config.yaml").exists() or not (run / "checkpoint.pt").exists():
             raise ValueError(
                 f"run={self.run!r} is not a run folder (needs config.yaml and checkpoint.pt)"

@@ -13,7 +13,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from era_core.cli import UsageError, hold_run_dir
+from era_core.cli import UsageError, hold_run_dir, replacing_run
 from era_core.entropy import categorical_entropy
 from era_core.validation import check_positive, check_range
 from era_vision.calibration import Evaluation, evaluate_heads, tag
@@ -93,7 +93,11 @@ class TrainConfig:
         default=None, metadata={"help": "run folder (default runs/<data>-<model>-<reg>-seed<seed>)"}
     )
     resume: bool = field(
-        default=True, metadata={"help": "continue from <out>/checkpoint.pt when it exists"}
+        default=True,
+        metadata={
+            "help": "continue from <out>/checkpoint.pt when it exists; --no-resume starts over "
+            "(the old run is kept aside until the new one's first checkpoint)"
+        },
     )
     regularizer: Regularizer = field(
         default="ce",
@@ -243,6 +247,11 @@ class TrainConfig:
         for name in ("max_steps", "train_subset"):
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), low=1)
+        if self.test_only and not self.resume:
+            raise ValueError(
+                "test_only=True evaluates <out>/checkpoint.pt, which resume=False would start "
+                "over: give one of the two"
+            )
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size={self.batch_size} must be divisible by grad_accum={self.grad_accum}"
@@ -525,13 +534,20 @@ def resume_checkpoint(path: Path, cfg: TrainConfig, trainee: Trainee, ctx: Dist)
     """Load ``path`` into ``trainee`` and the RNGs; return where the saved run stopped."""
     state = load_checkpoint(path, ctx.device)
     _check_same_recipe(state["config"], cfg, path)
+    step = state["step"]
+    if cfg.max_steps is not None and cfg.max_steps < step and not cfg.test_only:
+        raise UsageError(
+            f"--max-steps {cfg.max_steps} is below the step of {path}, {step}: the run is past "
+            f"it (give {step} or more, or --no-resume to start over)"
+        )
     trainee.net.load_state_dict(state["model"])
     trainee.optimizer.load_state_dict(state["optimizer"])
     if trainee.ema is not None:
         trainee.ema.load_state_dict(state["ema"])
-    if "scaler" in state:
+    # Empty when saved without float16 autocast (on CPU, say): a run resumed on CUDA with
+    # float16 then starts a fresh scaler, as the saved run never scaled its loss.
+    if state.get("scaler"):
         trainee.scaler.load_state_dict(state["scaler"])
-    step = state["step"]
     if len(state["rng"]) == ctx.world_size:
         torch.set_rng_state(state["rng"][ctx.rank]["cpu"].cpu())
         if state["rng"][ctx.rank]["cuda"] is not None and ctx.device.type == "cuda":
@@ -601,8 +617,13 @@ def train_one_epoch(
     interrupt: _Interrupt,
     logger: MetricLogger | None,
     progress: tqdm,
+    save: Callable[[], None],
 ) -> None:
-    """Train from ``pos.step`` to the end of its epoch, ``end`` or a signal; advances ``pos``."""
+    """Train from ``pos.step`` to the end of its epoch, ``end`` or a signal; advances ``pos``.
+
+    ``save()`` checkpoints the loop's state (all ranks call it), every ``checkpoint_every``
+    steps.
+    """
     spe = data.steps_per_epoch
     total_steps, warmup_steps = cfg.epochs * spe, round(cfg.warmup_epochs * spe)
     epoch, done = divmod(pos.step, spe)
@@ -626,7 +647,7 @@ def train_one_epoch(
         if interrupt.check(pos.step):
             return
         if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
-            save_checkpoint(checkpoint_path(cfg), cfg, trainee, pos, ctx)
+            save()
 
 
 def _batches(loader: DataLoader) -> Iterator:
@@ -747,12 +768,40 @@ def checkpoint_path(cfg: TrainConfig) -> Path:
     return Path(cfg.out) / "checkpoint.pt"  # type: ignore[arg-type]
 
 
-def _prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
+# What a run writes into its folder, besides its CSVs (MetricLogger owns every *.csv there)
+# and the reports of `era-vision eval --data` on its checkpoint (eval-<data>/).
+RUN_FILES = (
+    "config.yaml",
+    "checkpoint.pt",
+    "checkpoint.pt.tmp",
+    "tb",
+    "eval.json",
+    "eval_reliability.png",
+)
+
+
+def _prepare_run_dir(
+    run_dir: Path, cfg: TrainConfig, stack: ExitStack, starts_over: bool
+) -> Callable[[], None]:
+    """Write the run's ``config.yaml``; a run that starts over first sets the old run aside.
+
+    Called after every check of the new settings, as the run's first write. The old run's
+    files stay in ``<out>/.replaced`` (``era_core.cli.replacing_run``, held by ``stack``)
+    until the new run's first checkpoint, and come back if the run fails before it.
+
+    Returns:
+        ``done()``, to call once a checkpoint of the new run is on disk.
+    """
+    names: set[str] = set()
+    if starts_over:
+        names = {*RUN_FILES, *(p.name for p in run_dir.glob("*.csv"))}
+        names |= {p.name for p in run_dir.glob("eval-*") if p.is_dir()}
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        done = stack.enter_context(replacing_run(run_dir, names))
         save_config(cfg, run_dir / "config.yaml")
     except OSError as error:
         raise UsageError(f"cannot write the run folder: {error} (--out {run_dir})") from error
+    return done
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -813,26 +862,48 @@ def _run(cfg: TrainConfig, ctx: Dist, data: TrainData, trainee: Trainee) -> dict
     resumed = (cfg.resume or cfg.test_only) and checkpoint.exists()
     if resumed:
         pos = resume_checkpoint(checkpoint, cfg, trainee, ctx)
-    spe = data.steps_per_epoch
-    total_steps = cfg.epochs * spe
-    end = total_steps if cfg.max_steps is None else min(cfg.max_steps, total_steps)
-    result: dict[str, Any] = {"status": "finished", "signal": 0, "step": pos.step}
-    result |= {"metrics": None, "evaluation": None}
+    result: dict[str, Any] = {"signal": 0, "step": pos.step, "metrics": None, "evaluation": None}
     if cfg.test_only:
         tested = evaluate_models(cfg, trainee, data, ctx)["eval"]
         if ctx.main:
             write_report(tested, run_dir, "eval")
         return result | {"status": "tested", "metrics": tested.rows, "evaluation": tested}
 
-    logger = None
-    if ctx.main:
-        _prepare_run_dir(run_dir, cfg)
-        logger = MetricLogger(run_dir, resume_step=pos.step if resumed else None)
+    with ExitStack() as stack:
+        logger, replaced = None, None
+        if ctx.main:  # rank 0 writes the run folder
+            # Every check of the settings is behind us (data, model, device, the lock, the
+            # checkpoint's recipe): this is the run's first write.
+            replaced = _prepare_run_dir(run_dir, cfg, stack, starts_over=not resumed)
+            resume_step = pos.step if resumed else None
+            logger = stack.enter_context(closing(MetricLogger(run_dir, resume_step)))
+
+        def save() -> None:
+            save_checkpoint(checkpoint, cfg, trainee, pos, ctx)
+            if replaced is not None:
+                replaced()  # the new run is on disk: the old run it replaces may go
+
+        return result | _train_loop(cfg, ctx, data, trainee, pos, logger, save)
+
+
+def _train_loop(
+    cfg: TrainConfig,
+    ctx: Dist,
+    data: TrainData,
+    trainee: Trainee,
+    pos: Position,
+    logger: MetricLogger | None,
+    save: Callable[[], None],
+) -> dict[str, Any]:
+    """Train from ``pos`` to the end or ``max_steps``, then evaluate; ``train``'s result."""
+    run_dir, spe = Path(cfg.out), data.steps_per_epoch  # type: ignore[arg-type]
+    total_steps = cfg.epochs * spe
+    end = total_steps if cfg.max_steps is None else min(cfg.max_steps, total_steps)
     progress = tqdm(total=end, initial=pos.step, disable=not ctx.main, desc=run_dir.name)
     evaluation: dict[str, Evaluation] | None = None  # at pos.eval_step
     with _Interrupt(ctx) as interrupt, progress:
         while pos.step < end and not interrupt.stop:
-            train_one_epoch(cfg, trainee, data, pos, end, ctx, interrupt, logger, progress)
+            train_one_epoch(cfg, trainee, data, pos, end, ctx, interrupt, logger, progress, save)
             epoch, done = divmod(pos.step, spe)
             if done == 0:  # an epoch ended
                 if cfg.dist_bn == "reduce" and ctx.world_size > 1:
@@ -842,23 +913,19 @@ def _run(cfg: TrainConfig, ctx: Dist, data: TrainData, trainee: Trainee) -> dict
                     _log_eval(evaluation, pos.step, epoch, logger)
                     pos.eval_step = pos.step
                 interrupt.check(pos.step, every=1)
-            save_checkpoint(checkpoint, cfg, trainee, pos, ctx)
+            save()
 
-    result |= {"signal": interrupt.signum, "step": pos.step}
+    result: dict[str, Any] = {"signal": interrupt.signum, "step": pos.step}
     if interrupt.stop:
-        result["status"] = "interrupted"
-    else:
-        if pos.step < total_steps:
-            result["status"] = "paused"
-        if evaluation is None or pos.eval_step != pos.step:
-            evaluation = evaluate_models(cfg, trainee, data, ctx)
-        if pos.eval_step != pos.step:  # else eval.csv has this row: a rerun adds none
-            _log_eval(evaluation, pos.step, pos.step / spe, logger)
-            pos.eval_step = pos.step
-            save_checkpoint(checkpoint, cfg, trainee, pos, ctx)
-        result["metrics"], result["evaluation"] = evaluation["eval"].rows, evaluation["eval"]
-        if ctx.main:
-            write_report(evaluation["eval"], run_dir, "eval")
-    if logger is not None:
-        logger.close()
+        return result | {"status": "interrupted"}
+    result["status"] = "finished" if pos.step == total_steps else "paused"
+    if evaluation is None or pos.eval_step != pos.step:
+        evaluation = evaluate_models(cfg, trainee, data, ctx)
+    if pos.eval_step != pos.step:  # else eval.csv has this row: a rerun adds none
+        _log_eval(evaluation, pos.step, pos.step / spe, logger)
+        pos.eval_step = pos.step
+        save()
+    result["metrics"], result["evaluation"] = evaluation["eval"].rows, evaluation["eval"]
+    if ctx.main:
+        write_report(evaluation["eval"], run_dir, "eval")
     return result
