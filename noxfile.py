@@ -138,7 +138,10 @@ def installed(session: nox.Session, package: str, deps: str) -> None:
     """
     if package == "era-core" and deps == "lowest-core":
         session.skip("era-core is the core itself")
-    scratch = Path(session.create_tmp())
+    # Not session.create_tmp(): it also points TMPDIR there, and under a path that long the
+    # Unix sockets DataLoader workers hand batches through cannot be bound (era-vision refuses).
+    scratch = Path(session.virtualenv.location) / "tmp"
+    scratch.mkdir(exist_ok=True)
     core_sources = era_core_sources(ROOT, scratch)
     core_range = era_core_range(ROOT, package)
     core_version = pick_era_core(core_range, core_sources, lowest=deps != "newest")

@@ -345,3 +345,27 @@ def test_a_killed_restart_is_undone_by_the_next_train(tmp_path, capsys):
     assert "the earlier run's files are back" in err and "lr=0.1 -> 0.2" in err
     assert _run_files(run) == before
     assert _eval_rows(capsys, run) == rows
+
+
+def test_workers_whose_batches_could_not_reach_the_loader_are_refused(
+    tmp_path, capsys, monkeypatch
+):
+    # A TMPDIR this long made every batch of a worker vanish and training hang (the worker's
+    # socket for handing over file descriptors cannot be bound): refused before any file.
+    deep = tmp_path / ("d" * 100)
+    monkeypatch.setattr("multiprocessing.util.get_temp_dir", lambda: str(deep))
+    run = tmp_path / "run"
+    line = _error_line(capsys, ["train", *TINY, "--workers", "1", "--out", str(run)])
+    assert "--workers 1" in line and "TMPDIR" in line and "--workers 0" in line
+    assert not run.exists()
+
+
+def test_the_handover_check_reads_tmpdir(tmp_path):
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    code = "from era_vision.data import check_worker_handover as c; c(0); c(1)"
+    env = {**os.environ, "TMPDIR": str(deep)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "UsageError: --workers 1" in result.stderr
+    env["TMPDIR"] = "/tmp"  # short, unlike tmp_path under some runners
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0

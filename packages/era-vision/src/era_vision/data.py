@@ -11,7 +11,10 @@ A dataset is named ``NAME[:PATH]``:
 
 import gzip
 import itertools
+import multiprocessing.util
+import os
 import pickle
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ __all__ = [
     "ResumableSampler",
     "TensorImages",
     "build_transform",
+    "check_worker_handover",
     "dataset_labels",
     "load_data",
     "read_idx",
@@ -80,6 +84,33 @@ class TensorImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return self.images[index], int(self.labels[index])
+
+
+# The longest Unix socket path, its terminating NUL excluded (sockaddr_un.sun_path).
+_SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107
+
+
+def check_worker_handover(workers: int) -> None:
+    """Refuse DataLoader workers whose batches could never reach this process.
+
+    With torch's default ``file_descriptor`` sharing, a worker hands each batch over through a
+    Unix socket that multiprocessing binds in its temp dir (under ``TMPDIR``). Where that path
+    is too long the bind fails inside the worker's queue thread, which drops the batch, and the
+    loader waits for it forever; so a long ``TMPDIR`` would hang training, not fail it.
+
+    Raises:
+        UsageError: ``workers > 0`` and the socket path would exceed the limit.
+    """
+    if workers == 0 or torch.multiprocessing.get_sharing_strategy() != "file_descriptor":
+        return
+    # Named like multiprocessing's own listener address: "listener-" and 8 random characters.
+    address = os.path.join(multiprocessing.util.get_temp_dir(), "listener-xxxxxxxx")
+    if len(os.fsencode(address)) > _SOCKET_PATH_MAX:
+        raise UsageError(
+            f"--workers {workers}: workers hand batches over through a Unix socket such as "
+            f"{address!r}, {len(os.fsencode(address))} bytes, over the {_SOCKET_PATH_MAX} a "
+            "socket path may have; set a shorter TMPDIR, or use --workers 0"
+        )
 
 
 def read_idx(path: Path) -> np.ndarray:

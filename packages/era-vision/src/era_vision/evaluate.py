@@ -7,7 +7,14 @@ from typing import Any, Literal
 from era_core.cli import SET_ASIDE_DIR, UsageError
 from era_vision.calibration import evaluate_heads
 from era_vision.config import load_config, load_yaml, user_input
-from era_vision.data import AugmentedDataset, build_transform, load_data, parse_data, split_holdout
+from era_vision.data import (
+    AugmentedDataset,
+    build_transform,
+    check_worker_handover,
+    load_data,
+    parse_data,
+    split_holdout,
+)
 from era_vision.distributed import setup
 from era_vision.plots import write_report
 from era_vision.runlog import load_checkpoint
@@ -77,6 +84,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         train_cfg.calibration_holdout = 0.0
     with user_input(f"--device {cfg.device}"):
         ctx = setup(cfg.device)
+    check_worker_handover(cfg.workers)
     with user_input(f"--data {train_cfg.data}"):
         train_data = load_data(train_cfg.data)
     with user_input(f"--data {cfg.data}"):

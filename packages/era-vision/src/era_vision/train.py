@@ -40,6 +40,7 @@ from era_vision.data import (
     ImageData,
     ResumableSampler,
     build_transform,
+    check_worker_handover,
     dataset_labels,
     load_data,
     parse_data,
@@ -821,6 +822,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """
     with user_input(f"--device {cfg.device}"):
         ctx = setup(cfg.device)
+    check_worker_handover(cfg.workers)
     run_dir, checkpoint = Path(cfg.out), checkpoint_path(cfg)  # type: ignore[arg-type]
     data = setup_data(cfg, ctx)
     trainee = setup_model(cfg, data.data, ctx)
