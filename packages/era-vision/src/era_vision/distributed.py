@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Dist", "average_bn_stats", "setup"]
+__all__ = ["Dist", "average_bn_stats", "max_over_ranks", "setup"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,16 @@ def setup(device: str) -> Dist:
         else:
             dist.init_process_group("gloo")
     return Dist(dist.get_rank() if world_size > 1 else 0, world_size, torch_device)
+
+
+def max_over_ranks(ctx: Dist, value: int) -> int:
+    """The largest ``value`` any rank passes (collective under DDP; ``value`` alone otherwise)."""
+    if ctx.world_size == 1:
+        return value
+    # On the process group's device: NCCL serves CUDA tensors only.
+    flag = torch.tensor(value, device=ctx.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag)
 
 
 def average_bn_stats(model: nn.Module) -> None:

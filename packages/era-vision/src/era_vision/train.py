@@ -47,7 +47,7 @@ from era_vision.data import (
     split_holdout,
     stratified_split,
 )
-from era_vision.distributed import Dist, average_bn_stats, setup
+from era_vision.distributed import Dist, average_bn_stats, max_over_ranks, setup
 from era_vision.era import with_era
 from era_vision.losses import LOSSES, Regularizer
 from era_vision.models import get_model
@@ -600,10 +600,7 @@ class _Interrupt:
         if self.ctx.world_size == 1:
             self.stop = self.signum > 0
         elif step % every == 0:
-            # On the process group's device: NCCL serves CUDA tensors only.
-            flag = torch.tensor(self.signum, device=self.ctx.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            self.signum = int(flag)
+            self.signum = max_over_ranks(self.ctx, self.signum)
             self.stop = self.signum > 0
         return self.stop
 
@@ -846,11 +843,8 @@ def _own_run_dir(run_dir: Path, ctx: Dist) -> Iterator[None]:
                 held.enter_context(hold_run_dir(run_dir))
             except UsageError as error:
                 refused = UsageError(f"--out: {error}")
-        if ctx.world_size > 1:
-            flag = torch.tensor(int(refused is not None), device=ctx.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if int(flag) and refused is None:
-                refused = UsageError(f"--out: rank 0 cannot own the run folder {str(run_dir)!r}")
+        if max_over_ranks(ctx, int(refused is not None)) and refused is None:
+            refused = UsageError(f"--out: rank 0 cannot own the run folder {str(run_dir)!r}")
         if refused is not None:
             raise refused
         yield
