@@ -165,6 +165,12 @@ def parallelize(
         return scorer
     if parallel == "ddp":
         return DistributedDataParallel(scorer) if trainable else scorer
+    layers = getattr(scorer.model.get_decoder(), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"parallel=fsdp: {type(scorer.model).__name__} has no decoder.layers to shard; "
+            "use parallel=ddp"
+        )
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import (
         MixedPrecisionPolicy,
@@ -172,12 +178,6 @@ def parallelize(
         register_fsdp_forward_method,
     )
 
-    layers = getattr(scorer.model.get_decoder(), "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(
-            f"parallel=fsdp: {type(scorer.model).__name__} has no decoder.layers to shard; "
-            "use parallel=ddp"
-        )
     # An explicit mesh: FSDP's default would pick CUDA even for a --device cpu run.
     mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
     precision = (
