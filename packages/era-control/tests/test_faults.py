@@ -1,6 +1,7 @@
 """Bad input and faults: one line ``error: ...``, exit code 2, no traceback unless ``--debug``."""
 
 import dataclasses
+import errno
 import os
 import shutil
 import typing
@@ -8,7 +9,7 @@ import typing
 import pytest
 import torch
 import yaml
-from cli_asserts import exit_code, one_line_error, run_files
+from cli_asserts import exit_code, one_line_error, run_files, same_agent
 
 from era_control import checkpoint, sac
 from era_control.cli import main
@@ -279,3 +280,47 @@ def test_resume_refuses_every_setting_but_the_budget_by_name(run_copy, capsys, a
     line = one_line_error(capsys, "--resume continues the saved config")
     assert all(f"'{name}'" in line for name in values), line
     assert folder_digest(run_copy) == before
+
+
+PPO_TINY = [
+    "--env", "Pendulum-v1", "--steps", "256", "--num-envs", "2", "--num-steps", "32",
+    "--num-minibatches", "4", "--update-epochs", "1", "--hidden", "8", "8", "--eval-episodes", "1",
+    "--no-tensorboard",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("algo", "flags", "fail_from"),
+    [
+        ("sac", [*TINY, "--checkpoint-every", "40"], 80),
+        ("ppo", [*PPO_TINY, "--checkpoint-every", "64"], 128),
+    ],
+)
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
+    tmp_path, capsys, monkeypatch, algo, flags, fail_from
+):
+    assert main(["train", algo, *flags, "--out", str(tmp_path), "--run-name", "full"]) == 0
+    real_save, saved = torch.save, []
+
+    def save(obj, file, *args, **kwargs):
+        step = obj.get("step", 0) if isinstance(obj, dict) else 0
+        if step >= fail_from:  # torch.save as it fails on a full disk: half a file, then this
+            file.write(b"half a checkpoint")
+            raise RuntimeError("unexpected pos") from OSError(
+                errno.ENOSPC, os.strerror(errno.ENOSPC)
+            )
+        saved.append(step)
+        return real_save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    capsys.readouterr()
+    run = tmp_path / "part"
+    assert exit_code(["train", algo, *flags, "--out", str(tmp_path), "--run-name", "part"]) == 2
+    one_line_error(capsys, "No space left on device", str(run / "checkpoint.pt"), "MiB free")
+    assert checkpoint.load(run / "checkpoint.pt")["step"] == max(saved) < fail_from
+    assert not list(run.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert main(["train", algo, "--resume", str(run)]) == 0
+    same_agent(
+        tmp_path / "full", run, step=checkpoint.load(tmp_path / "full" / "checkpoint.pt")["step"]
+    )

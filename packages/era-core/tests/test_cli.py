@@ -1,19 +1,24 @@
+import errno
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from era_core.cli import (
     LOCK_FILE,
+    REPORT_BUGS_AT,
     SET_ASIDE_DIR,
     UsageError,
     debug_requested,
     hold_run_dir,
     replacing_run,
     report_usage_errors,
+    write_atomically,
 )
 from era_core.testing import folder_digest, held_run_dir
 
@@ -34,12 +39,75 @@ def test_debug_reraises_with_traceback() -> None:
         report_usage_errors(_fail, debug=True)
 
 
-def test_bugs_keep_their_traceback() -> None:
+def test_bugs_keep_their_traceback_with_a_note_asking_for_a_report() -> None:
     def buggy() -> int:
         raise KeyError("not a usage error")
 
-    with pytest.raises(KeyError):
-        report_usage_errors(buggy)
+    with pytest.raises(KeyError) as raised:
+        report_usage_errors(buggy, program="era-control")
+    assert "bug in era-control" in raised.value.__notes__[0]
+    assert REPORT_BUGS_AT in raised.value.__notes__[0]
+
+
+def test_what_the_system_refuses_about_a_path_is_one_line_however_deep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.yaml"
+
+    def read_config() -> int:
+        try:
+            missing.read_text()
+        except OSError as error:  # a library wrapping it in its own error type
+            raise RuntimeError("could not load the config") from error
+        return 0
+
+    assert report_usage_errors(read_config) == 2
+    assert capsys.readouterr().err == f"error: No such file or directory: {missing}\n"
+    with pytest.raises(RuntimeError):
+        report_usage_errors(read_config, debug=True)
+
+
+def _fill_then_fail(file: BinaryIO) -> None:
+    file.write(b"half a checkpoint")
+    file.flush()
+    raise RuntimeError("unexpected pos") from OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_names_the_path_and_free_space(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "checkpoint.pt"
+    write_atomically(path, lambda file: file.write(b"old"))
+
+    def save() -> int:
+        write_atomically(path, _fill_then_fail)
+        return 0
+
+    assert report_usage_errors(save) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: No space left on device: {path} (") and err.count("\n") == 1
+    assert "MiB free there)" in err
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_an_atomic_write_killed_midway_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    write_atomically(path, lambda file: file.write(b"old"))
+    script = (
+        "import os, signal, sys\n"
+        "from era_core.cli import write_atomically\n"
+        "def write(file):\n"
+        "    file.write(b'half'); file.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "write_atomically(sys.argv[1], write)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], check=False)
+    assert done.returncode == -signal.SIGKILL
+    assert path.read_bytes() == b"old"
+    write_atomically(
+        path, lambda file: file.write(b"new")
+    )  # the killed write's temp file is no obstacle
+    assert path.read_bytes() == b"new"
 
 
 def test_exit_code_passes_through() -> None:

@@ -1,5 +1,6 @@
 import contextlib
 import copy
+import errno
 import json
 import os
 import shutil
@@ -758,3 +759,32 @@ def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, capsys, train_argv, 
         if " -> " in message:  # a field the checkpoint fixes
             assert "cannot change in a run with a checkpoint; keep the saved value" in stderr
         assert _digest(out) == before, extra
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
+    tmp_path, capsys, train_argv, parity, monkeypatch
+):
+    flags = ("--max-steps", 3, "--save-every", 1)
+    main(train_argv(tmp_path / "straight", *flags))
+    real_save = torch.save
+
+    def save(obj, file, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("step", 0) >= 2:  # a full disk: half a file, then
+            file.write(b"half a checkpoint")
+            raise RuntimeError("unexpected pos") from OSError(
+                errno.ENOSPC, os.strerror(errno.ENOSPC)
+            )
+        return real_save(obj, file, *args, **kwargs)
+
+    run = tmp_path / "split"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", save)
+        line = _usage_error(capsys, train_argv(run, *flags))
+    assert "No space left on device" in line and str(run / "checkpoints") in line
+    checkpoints = run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000001"]
+    assert (checkpoints / "latest").read_text() == "step-00000001"
+    main(train_argv(run, *flags, "--resume"))
+    straight = _parameters(tmp_path / "straight" / "checkpoints" / "step-00000003")
+    resumed = _parameters(checkpoints / "step-00000003")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

@@ -1,5 +1,6 @@
 """Bad input: one line ``error: ...`` on stderr, exit code 2, a traceback only with --debug."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -369,3 +370,38 @@ def test_the_handover_check_reads_tmpdir(tmp_path):
     assert result.returncode == 1 and "UsageError: --workers 1" in result.stderr
     env["TMPDIR"] = "/tmp"  # short, unlike tmp_path under some runners
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
+    tmp_path, capsys, monkeypatch
+):
+    def args(name):
+        run = ["--model", "mlp", "--epochs", "2", "--checkpoint-every", "1"]
+        return ["train", *TINY, *run, "--out", str(tmp_path / name)]
+
+    assert main(args("straight")) == 0
+    real_save = torch.save
+
+    def save(obj, file, *rest, **kwargs):
+        if isinstance(obj, dict) and obj.get("step", 0) >= 2:  # a full disk: half a file, then
+            file.write(b"half a checkpoint")
+            raise RuntimeError("unexpected pos") from OSError(
+                errno.ENOSPC, os.strerror(errno.ENOSPC)
+            )
+        return real_save(obj, file, *rest, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    run = tmp_path / "split"
+    line = _error_line(capsys, args("split"))
+    assert "No space left on device" in line and str(run / "checkpoint.pt") in line
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 1
+    assert not list(run.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert main(args("split")) == 0
+    straight, resumed = (
+        torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+        for name in ("straight", "split")
+    )
+    assert resumed["step"] == straight["step"] == 4
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)

@@ -1,44 +1,25 @@
 """Checkpoints that survive crashes and signals.
 
-- :func:`save` (and :func:`write_atomically`, for any file a resume reads) writes to a
-  temporary file in the same directory, fsyncs it and renames it over the old file
-  (``os.replace`` is atomic), so a checkpoint is never half written.
+- :func:`save` writes through :func:`era_core.cli.write_atomically` (as does every file a
+  resume reads): a temporary file in the same directory, fsynced and renamed over the old
+  file, so a checkpoint is never half written and a full disk leaves the previous one whole.
 - :class:`StopSignal` turns the first SIGINT/SIGTERM into a flag the training loop checks
   between steps: the loop then saves and exits cleanly. A second signal stops at once.
 """
 
-import os
 import signal
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 import yaml
 
-from era_core.cli import UsageError
+from era_core.cli import UsageError, write_atomically
 
-__all__ = ["StopSignal", "load", "note_resume", "save", "write_atomically"]
+__all__ = ["StopSignal", "load", "note_resume", "save"]
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, fsync it and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:

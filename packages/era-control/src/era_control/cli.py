@@ -185,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``era-control``; returns the exit code (2 and one line for bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return report_usage_errors(lambda: args.func(args), debug=debug_requested(argv))
+    return report_usage_errors(
+        lambda: args.func(args), debug=debug_requested(argv), program="era-control"
+    )
 
 
 if __name__ == "__main__":

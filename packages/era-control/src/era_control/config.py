@@ -17,8 +17,8 @@ from typing import Any, Literal, TypeVar, Union
 import torch
 import yaml
 
-from era_control import checkpoint
 from era_control.envs import resolve_env_id
+from era_core.cli import write_atomically
 from era_core.validation import check_range
 
 __all__ = [
@@ -184,7 +184,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 def save_yaml(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (kept next to the run's checkpoints), atomically."""
     text = yaml.safe_dump(to_dict(config), sort_keys=False).encode()
-    checkpoint.write_atomically(path, lambda file: file.write(text))
+    write_atomically(path, lambda file: file.write(text))
 
 
 def load_yaml(cls: type[C], path: str | Path) -> C:

@@ -117,7 +117,7 @@ def start_run(algo: str, cfg: C) -> Generator[NewRun[C]]:
         if (run_dir / "checkpoint.pt").exists():  # written before the lock was ours
             raise exists
         # An earlier run's entries, and the temporary files of its atomic writes if it was
-        # killed during one (checkpoint.write_atomically).
+        # killed during one (era_core.cli.write_atomically).
         earlier = [*RUN_ENTRIES, *(path.name for path in run_dir.glob(".*.tmp"))]
         with replacing_run(run_dir, earlier) as checkpointed:
             info: dict[str, Any] = {"algo": algo, "command": sys.argv}

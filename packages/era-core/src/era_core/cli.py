@@ -2,8 +2,13 @@
 
 A failure the user can fix (a bad flag, a missing or corrupt file, an unwritable folder, a
 device that is not there) is raised as :class:`UsageError` and reported as one line,
-``error: <what> (<where>)``, with exit code 2 and no traceback. ``--debug`` or ``ERA_DEBUG=1``
-shows the traceback; any other exception is a bug in our code and keeps its traceback.
+``error: <what> (<where>)``, with exit code 2 and no traceback. What the system refuses about
+a path (missing, not permitted, a full or read-only disk) is reported the same way, wherever
+it is raised. ``--debug`` or ``ERA_DEBUG=1`` shows the traceback; any other exception is a bug
+in our code and keeps its traceback, with a note asking for a report.
+
+Files a resume reads are written by :func:`write_atomically`: a full disk or a kill during the
+write leaves the previous file as it was.
 
 A trainer owns its run folder for as long as it runs (:func:`hold_run_dir`), so a second
 process launched on the same folder fails with such a line instead of mixing its files in.
@@ -13,22 +18,29 @@ the new run fails before its first checkpoint, even if it was killed outright.
 """
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Collection, Generator
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = [
     "DEBUG_ENV",
     "LOCK_FILE",
+    "REPORT_BUGS_AT",
     "SET_ASIDE_DIR",
     "UsageError",
     "debug_requested",
     "hold_run_dir",
     "replacing_run",
     "report_usage_errors",
+    "user_error_message",
+    "write_atomically",
+    "writing_to",
 ]
 
 DEBUG_ENV = "ERA_DEBUG"
@@ -40,6 +52,23 @@ LOCK_FILE = ".lock"
 SET_ASIDE_DIR = ".replaced"
 """The folder in a run folder where :func:`replacing_run` keeps the old run's files."""
 
+REPORT_BUGS_AT = "https://github.com/era-project/era/issues"
+"""Where the note on an unexpected exception asks for a bug report."""
+
+# What the system says of a path: the user named it, or chose the disk it lies on.
+_PATH_ERRNOS = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EROFS,
+    errno.ENAMETOOLONG,
+    errno.ENOSPC,
+    errno.EDQUOT,
+}
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
 
 class UsageError(Exception):
     """A failure the user can fix; its message is the whole report, so make it name the input."""
@@ -50,20 +79,111 @@ def debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def report_usage_errors(run: Callable[[], int], *, debug: bool = False) -> int:
-    """Call ``run`` and return its exit code; a :class:`UsageError` becomes one line and code 2.
+def report_usage_errors(
+    run: Callable[[], int], *, debug: bool = False, program: str = "ERA"
+) -> int:
+    """Call ``run`` and return its exit code; a failure the user can fix is one line and code 2.
+
+    That is a :class:`UsageError`, or any exception caused by an ``OSError`` about a path (a
+    missing file, no permission, a full or read-only disk), however deep it was raised.
+    Anything else propagates with its traceback and a note asking for a bug report.
 
     Args:
         run: The command's body.
-        debug: Re-raise the :class:`UsageError` (with its traceback) instead of reporting it.
+        debug: Re-raise the user's errors too, with their tracebacks.
+        program: The command's name, for the bug-report note.
     """
     try:
         return run()
-    except UsageError as error:
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            error.add_note(
+                f"This is a bug in {program}: please report it, with the traceback above, at "
+                f"{REPORT_BUGS_AT} (rerun with --debug for tracebacks of usage errors too)."
+            )
+            raise
         if debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line report of ``error`` if the user can fix it (see :func:`report_usage_errors`)."""
+    if isinstance(error, UsageError):
+        return " ".join(str(error).split())
+    refused = _os_error_in(error)
+    return None if refused is None else _describe_os_error(refused)
+
+
+def _describe_os_error(error: OSError) -> str:
+    what = error.strerror or os.strerror(error.errno or 0)
+    where = f": {error.filename!s}" if error.filename is not None else ""
+    message = f"{what}{where}"
+    if error.errno in _DISK_FULL_ERRNOS and error.filename is not None:
+        message += f" ({_free_space(Path(error.filename).parent)})"
+    return message
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, fsync it and rename it over ``path``.
+
+    Until the rename the previous ``path`` is untouched, so a failed write (a full disk) or a
+    kill leaves it whole; the temporary file is removed on failure (a killed process leaves
+    ``.<name>.*.tmp`` behind, which no reader opens). A refused write names ``path``
+    (:func:`writing_to`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with writing_to(path), os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def writing_to(path: str | os.PathLike[str]) -> Generator[None]:
+    """Make a write refused in the block (no space, no permission) an ``OSError`` naming ``path``.
+
+    Writers report a full disk without the file (``file.write`` into an open file) or bury it
+    (``torch.save`` raises a RuntimeError whose context is the ``OSError``); re-raised with
+    ``path`` as its ``filename``, :func:`report_usage_errors` makes it one line naming the
+    path and the free space there. Write with ``torch.save`` into an open file: given a path,
+    it drops the error number and the disk is not recognised as full.
+    """
+    try:
+        yield
+    except Exception as error:
+        refused = _os_error_in(error)
+        if refused is None or refused.filename is not None:
+            raise
+        raise OSError(refused.errno, refused.strerror, os.fspath(path)) from error
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The first ``OSError`` about a path among ``error``, its causes and contexts."""
+    cause: BaseException | None = error
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError) and cause.errno in _PATH_ERRNOS:
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 @contextlib.contextmanager

@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out / 'summary.json'} and {args.out / 'summary.md'}")
         return 0
 
-    return report_usage_errors(run, debug=args.debug or debug_requested([]))
+    return report_usage_errors(
+        run, debug=args.debug or debug_requested([]), program="python -m era_core.demo"
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from era_core.cli import write_atomically, writing_to
 from era_llm.distributed import barrier
 from era_llm.errors import UsageError
 from era_llm.lora import ADAPTER_DIR, is_lora, merged_state_dict
@@ -78,15 +79,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -153,24 +145,38 @@ def save_checkpoint(
         weights, plain = merged_state_dict(model), model.get_base_model()
     else:
         weights, plain = _share_tied(model, get_model_state_dict(model, options=_GATHERED)), model
-    torch.save(rank_state, tmp / f"rank{rank}.pt")
-    if rank == 0:
-        plain.save_pretrained(tmp, state_dict=weights)
-        if lora:
-            model.save_pretrained(tmp / ADAPTER_DIR)
-        tokenizer.save_pretrained(tmp)
-        torch.save(trainer_state, tmp / "trainer_state.pt")
+    try:
+        with writing_to(tmp):
+            _save(rank_state, tmp / f"rank{rank}.pt")
+            if rank == 0:
+                plain.save_pretrained(tmp, state_dict=weights)
+                if lora:
+                    model.save_pretrained(tmp / ADAPTER_DIR)
+                tokenizer.save_pretrained(tmp)
+                _save(trainer_state, tmp / "trainer_state.pt")
+    except BaseException:
+        # The half-written checkpoint goes (on a full disk, its space is what a resume needs);
+        # `latest` still names the previous one.
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     barrier()
     if rank == 0:
         _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_atomic(root / "latest", final.name)
+        write_atomically(root / "latest", lambda file: file.write(final.name.encode()))
         for old in sorted(root.glob("step-*"))[:-keep]:
             shutil.rmtree(old)
     barrier()
     return final
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    # Into an open file: torch.save given a path reports a full disk without its errno.
+    with open(path, "wb") as file:
+        torch.save(state, file)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

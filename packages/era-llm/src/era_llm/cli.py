@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         command(rest)
         return 0
 
-    code = report_usage_errors(run, debug=debug_requested(argv))
+    code = report_usage_errors(run, debug=debug_requested(argv), program="era-llm")
     if code:
         raise SystemExit(code)
 

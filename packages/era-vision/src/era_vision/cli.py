@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         return run(config_from_args(cls, args))
 
-    return report_usage_errors(body, debug=debug_requested(argv))
+    return report_usage_errors(body, debug=debug_requested(argv), program="era-vision")
 
 
 if __name__ == "__main__":

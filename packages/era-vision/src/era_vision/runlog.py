@@ -1,7 +1,6 @@
 """Run-folder I/O: CSV + TensorBoard metric logs and atomic checkpoints."""
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
@@ -9,22 +8,11 @@ import torch
 
 from era_core.cli import UsageError
 
-__all__ = ["MetricLogger", "atomic_save", "load_checkpoint"]
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename it over ``path``.
-
-    A crash or kill during the write leaves the previous file intact.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+__all__ = ["MetricLogger", "load_checkpoint"]
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by ``atomic_save`` (tensors and plain containers only).
+    """Load a checkpoint that training wrote (tensors and plain containers only).
 
     Raises:
         UsageError: If the file is missing, truncated or not a checkpoint of ours. Unpickling

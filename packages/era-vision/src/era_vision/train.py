@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from era_core.cli import UsageError, hold_run_dir, replacing_run
+from era_core.cli import UsageError, hold_run_dir, replacing_run, write_atomically
 from era_core.entropy import categorical_entropy
 from era_core.validation import check_positive, check_range
 from era_vision.calibration import Evaluation, evaluate_heads, tag
@@ -52,7 +52,7 @@ from era_vision.era import with_era
 from era_vision.losses import LOSSES, Regularizer
 from era_vision.models import get_model
 from era_vision.plots import write_report
-from era_vision.runlog import MetricLogger, atomic_save, load_checkpoint
+from era_vision.runlog import MetricLogger, load_checkpoint
 
 if TYPE_CHECKING:
     from torch.optim.swa_utils import PARAM_LIST
@@ -528,7 +528,8 @@ def save_checkpoint(path: Path, cfg: TrainConfig, trainee: Trainee, pos: Positio
         "config": asdict(cfg),
     }
     if ctx.main:
-        atomic_save(state, path)
+        # A full disk or a kill mid-write leaves the previous checkpoint whole.
+        write_atomically(path, lambda file: torch.save(state, file))
 
 
 def resume_checkpoint(path: Path, cfg: TrainConfig, trainee: Trainee, ctx: Dist) -> Position:
@@ -771,7 +772,6 @@ def checkpoint_path(cfg: TrainConfig) -> Path:
 RUN_FILES = (
     "config.yaml",
     "checkpoint.pt",
-    "checkpoint.pt.tmp",
     "tb",
     "eval.json",
     "eval_reliability.png",
