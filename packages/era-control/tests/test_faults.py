@@ -4,6 +4,9 @@ import dataclasses
 import errno
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -289,13 +292,28 @@ PPO_TINY = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("algo", "flags", "fail_from"),
-    [
-        ("sac", [*TINY, "--checkpoint-every", "40"], 80),
-        ("ppo", [*PPO_TINY, "--checkpoint-every", "64"], 128),
-    ],
-)
+# `train ...` in a process that SIGKILLs itself halfway through writing the checkpoint of
+# step argv[1] or later.
+KILLED_WHILE_SAVING = """
+import os, signal, sys, torch
+from era_control.cli import main
+torch.set_num_threads(1)  # as the tests' own processes (conftest): the same float sums
+real_save = torch.save
+def save(obj, file, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("step", 0) >= int(sys.argv[1]):
+        file.write(b"half a checkpoint"); file.flush(); os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, file, *args, **kwargs)
+torch.save = save
+main(sys.argv[2:])
+"""
+
+CHECKPOINTED = [
+    ("sac", [*TINY, "--checkpoint-every", "40"], 80),
+    ("ppo", [*PPO_TINY, "--checkpoint-every", "64"], 128),
+]
+
+
+@pytest.mark.parametrize(("algo", "flags", "fail_from"), CHECKPOINTED)
 def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
     tmp_path, capsys, monkeypatch, algo, flags, fail_from
 ):
@@ -321,6 +339,24 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
     assert not list(run.glob(".*.tmp"))
     monkeypatch.undo()
     assert main(["train", algo, "--resume", str(run)]) == 0
-    same_agent(
-        tmp_path / "full", run, step=checkpoint.load(tmp_path / "full" / "checkpoint.pt")["step"]
+    full = checkpoint.load(tmp_path / "full" / "checkpoint.pt")["step"]
+    same_agent(tmp_path / "full", run, step=full)
+
+
+@pytest.mark.parametrize(("algo", "flags", "fail_from"), CHECKPOINTED)
+def test_a_kill_while_checkpointing_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
+    tmp_path, algo, flags, fail_from
+):
+    assert main(["train", algo, *flags, "--out", str(tmp_path), "--run-name", "full"]) == 0
+    run = tmp_path / "part"
+    argv = ["train", algo, *flags, "--out", str(tmp_path), "--run-name", "part"]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_SAVING, str(fail_from), *argv],
+        capture_output=True,
+        check=False,
     )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    assert checkpoint.load(run / "checkpoint.pt")["step"] < fail_from
+    assert main(["train", algo, "--resume", str(run)]) == 0
+    full = checkpoint.load(tmp_path / "full" / "checkpoint.pt")["step"]
+    same_agent(tmp_path / "full", run, step=full)

@@ -5,6 +5,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -787,4 +790,43 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
     main(train_argv(run, *flags, "--resume"))
     straight = _parameters(tmp_path / "straight" / "checkpoints" / "step-00000003")
     resumed = _parameters(checkpoints / "step-00000003")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+KILLED_WHILE_SAVING = """
+import os, signal, sys, torch
+from tiny_runs import parity_reward
+from era_llm import rewards
+from era_llm.cli import main
+rewards.REWARDS["math-verify"] = parity_reward
+torch.set_num_threads(1)  # as the tests' own processes (conftest): the same float sums
+real_save = torch.save
+def save(obj, file, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("step", 0) >= 2:
+        file.write(b"half a checkpoint"); file.flush(); os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, file, *args, **kwargs)
+torch.save = save
+main(sys.argv[1:])
+"""
+
+
+def test_a_kill_while_checkpointing_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
+    tmp_path, train_argv, parity
+):
+    flags = ("--max-steps", 3, "--save-every", 1)
+    main(train_argv(tmp_path / "straight", *flags))
+    run = tmp_path / "split"
+    # The child imports tiny_runs from this folder, as pytest's pythonpath does here.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_SAVING, *train_argv(run, *flags)],
+        capture_output=True,
+        check=False,
+        env=env,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    assert (run / "checkpoints" / "latest").read_text() == "step-00000001"
+    main(train_argv(run, *flags, "--resume"))
+    straight = _parameters(tmp_path / "straight" / "checkpoints" / "step-00000003")
+    resumed = _parameters(run / "checkpoints" / "step-00000003")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)

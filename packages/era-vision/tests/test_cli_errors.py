@@ -405,3 +405,42 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
     assert resumed["step"] == straight["step"] == 4
     for key, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+KILLED_WHILE_SAVING = """
+import os, signal, sys, torch
+from era_vision.cli import main
+torch.set_num_threads(1)  # as the tests' own processes (conftest): the same float sums
+real_save = torch.save
+def save(obj, file, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("step", 0) >= 2:
+        file.write(b"half a checkpoint"); file.flush(); os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, file, *args, **kwargs)
+torch.save = save
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_while_checkpointing_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
+    tmp_path,
+):
+    def args(name):
+        run = ["--model", "mlp", "--epochs", "2", "--checkpoint-every", "1"]
+        return ["train", *TINY, *run, "--out", str(tmp_path / name)]
+
+    assert main(args("straight")) == 0
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_SAVING, *args("split")],
+        capture_output=True,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr.decode()
+    assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["step"] == 1
+    assert main(args("split")) == 0
+    straight, resumed = (
+        torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+        for name in ("straight", "split")
+    )
+    assert resumed["step"] == straight["step"] == 4
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)

@@ -57,7 +57,8 @@ def _import_suite(env_id: str) -> None:
             importlib.import_module("dm_control")
         except ImportError:
             raise ValueError(
-                f"env {env_id!r} needs DeepMind Control: pip install 'era-control[dmc]'"
+                f"env {env_id!r} needs DeepMind Control: pip install 'era-control[dmc]' "
+                "(Python <= 3.12: dm_control's labmaze has no wheel for later Pythons)"
             ) from None
     elif _HUMANOIDBENCH.match(env_id) and env_id not in gym.registry:
         try:
