@@ -1,7 +1,6 @@
 """Bad input and faults: one line ``error: ...``, exit code 2, no traceback unless ``--debug``."""
 
 import dataclasses
-import errno
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ from cli_asserts import exit_code, one_line_error, run_files, same_agent
 from era_control import checkpoint, sac
 from era_control.cli import main
 from era_control.runs import ALGORITHMS
-from era_core.testing import folder_digest
+from era_core.testing import failing_torch_save, folder_digest
 
 TINY = [
     "--env", "Pendulum-v1", "--steps", "120", "--learning-starts", "60", "--eval-every", "120",
@@ -295,15 +294,11 @@ PPO_TINY = [
 # `train ...` in a process that SIGKILLs itself halfway through writing the checkpoint of
 # step argv[1] or later.
 KILLED_WHILE_SAVING = """
-import os, signal, sys, torch
+import sys, torch
+from era_core.testing import failing_torch_save
 from era_control.cli import main
 torch.set_num_threads(1)  # as the tests' own processes (conftest): the same float sums
-real_save = torch.save
-def save(obj, file, *args, **kwargs):
-    if isinstance(obj, dict) and obj.get("step", 0) >= int(sys.argv[1]):
-        file.write(b"half a checkpoint"); file.flush(); os.kill(os.getpid(), signal.SIGKILL)
-    return real_save(obj, file, *args, **kwargs)
-torch.save = save
+torch.save = failing_torch_save(int(sys.argv[1]), "kill")
 main(sys.argv[2:])
 """
 
@@ -318,24 +313,12 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
     tmp_path, capsys, monkeypatch, algo, flags, fail_from
 ):
     assert main(["train", algo, *flags, "--out", str(tmp_path), "--run-name", "full"]) == 0
-    real_save, saved = torch.save, []
-
-    def save(obj, file, *args, **kwargs):
-        step = obj.get("step", 0) if isinstance(obj, dict) else 0
-        if step >= fail_from:  # torch.save as it fails on a full disk: half a file, then this
-            file.write(b"half a checkpoint")
-            raise RuntimeError("unexpected pos") from OSError(
-                errno.ENOSPC, os.strerror(errno.ENOSPC)
-            )
-        saved.append(step)
-        return real_save(obj, file, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(torch, "save", failing_torch_save(fail_from, "disk-full"))
     capsys.readouterr()
     run = tmp_path / "part"
     assert exit_code(["train", algo, *flags, "--out", str(tmp_path), "--run-name", "part"]) == 2
     one_line_error(capsys, "No space left on device", str(run / "checkpoint.pt"), "MiB free")
-    assert checkpoint.load(run / "checkpoint.pt")["step"] == max(saved) < fail_from
+    assert checkpoint.load(run / "checkpoint.pt")["step"] == fail_from // 2  # the one before
     assert not list(run.glob(".*.tmp"))
     monkeypatch.undo()
     assert main(["train", algo, "--resume", str(run)]) == 0
@@ -356,7 +339,7 @@ def test_a_kill_while_checkpointing_keeps_the_last_checkpoint_and_the_run_resume
         check=False,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
-    assert checkpoint.load(run / "checkpoint.pt")["step"] < fail_from
+    assert checkpoint.load(run / "checkpoint.pt")["step"] == fail_from // 2
     assert main(["train", algo, "--resume", str(run)]) == 0
     full = checkpoint.load(tmp_path / "full" / "checkpoint.pt")["step"]
     same_agent(tmp_path / "full", run, step=full)

@@ -1,6 +1,5 @@
 import contextlib
 import copy
-import errno
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ import pytest
 import torch
 from tiny_runs import parity_reward, tiny_train_config
 
-from era_core.testing import folder_digest, held_run_dir
+from era_core.testing import failing_torch_save, folder_digest, held_run_dir
 from era_llm import rewards, trainer
 from era_llm.checkpoint import latest_checkpoint
 from era_llm.cli import main
@@ -769,19 +768,9 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
 ):
     flags = ("--max-steps", 3, "--save-every", 1)
     main(train_argv(tmp_path / "straight", *flags))
-    real_save = torch.save
-
-    def save(obj, file, *args, **kwargs):
-        if isinstance(obj, dict) and obj.get("step", 0) >= 2:  # a full disk: half a file, then
-            file.write(b"half a checkpoint")
-            raise RuntimeError("unexpected pos") from OSError(
-                errno.ENOSPC, os.strerror(errno.ENOSPC)
-            )
-        return real_save(obj, file, *args, **kwargs)
-
     run = tmp_path / "split"
     with monkeypatch.context() as patch:
-        patch.setattr(torch, "save", save)
+        patch.setattr(torch, "save", failing_torch_save(2, "disk-full"))
         line = _usage_error(capsys, train_argv(run, *flags))
     assert "No space left on device" in line and str(run / "checkpoints") in line
     checkpoints = run / "checkpoints"
@@ -794,18 +783,14 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
 
 
 KILLED_WHILE_SAVING = """
-import os, signal, sys, torch
+import sys, torch
 from tiny_runs import parity_reward
+from era_core.testing import failing_torch_save
 from era_llm import rewards
 from era_llm.cli import main
 rewards.REWARDS["math-verify"] = parity_reward
 torch.set_num_threads(1)  # as the tests' own processes (conftest): the same float sums
-real_save = torch.save
-def save(obj, file, *args, **kwargs):
-    if isinstance(obj, dict) and obj.get("step", 0) >= 2:
-        file.write(b"half a checkpoint"); file.flush(); os.kill(os.getpid(), signal.SIGKILL)
-    return real_save(obj, file, *args, **kwargs)
-torch.save = save
+torch.save = failing_torch_save(2, "kill")
 main(sys.argv[1:])
 """
 

@@ -1,6 +1,5 @@
 """Bad input: one line ``error: ...`` on stderr, exit code 2, a traceback only with --debug."""
 
-import errno
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from era_core.cli import SET_ASIDE_DIR, UsageError
-from era_core.testing import folder_digest, held_run_dir
+from era_core.testing import failing_torch_save, folder_digest, held_run_dir
 from era_vision.cli import main
 from era_vision.models import register_model
 
@@ -372,32 +371,13 @@ def test_the_handover_check_reads_tmpdir(tmp_path):
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 
 
-def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
-    tmp_path, capsys, monkeypatch
-):
-    def args(name):
-        run = ["--model", "mlp", "--epochs", "2", "--checkpoint-every", "1"]
-        return ["train", *TINY, *run, "--out", str(tmp_path / name)]
+def _checkpointing_every_step(tmp_path: Path, name: str) -> list[str]:
+    """Four steps (two epochs of two batches), a checkpoint after each."""
+    run = ["--model", "mlp", "--epochs", "2", "--checkpoint-every", "1"]
+    return ["train", *TINY, *run, "--out", str(tmp_path / name)]
 
-    assert main(args("straight")) == 0
-    real_save = torch.save
 
-    def save(obj, file, *rest, **kwargs):
-        if isinstance(obj, dict) and obj.get("step", 0) >= 2:  # a full disk: half a file, then
-            file.write(b"half a checkpoint")
-            raise RuntimeError("unexpected pos") from OSError(
-                errno.ENOSPC, os.strerror(errno.ENOSPC)
-            )
-        return real_save(obj, file, *rest, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save)
-    run = tmp_path / "split"
-    line = _error_line(capsys, args("split"))
-    assert "No space left on device" in line and str(run / "checkpoint.pt") in line
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 1
-    assert not list(run.glob(".*.tmp"))
-    monkeypatch.undo()
-    assert main(args("split")) == 0
+def _assert_resumed_exactly(tmp_path: Path) -> None:
     straight, resumed = (
         torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
         for name in ("straight", "split")
@@ -407,16 +387,27 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
 
 
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
+    tmp_path, capsys, monkeypatch
+):
+    assert main(_checkpointing_every_step(tmp_path, "straight")) == 0
+    monkeypatch.setattr(torch, "save", failing_torch_save(2, "disk-full"))
+    run = tmp_path / "split"
+    line = _error_line(capsys, _checkpointing_every_step(tmp_path, "split"))
+    assert "No space left on device" in line and str(run / "checkpoint.pt") in line
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 1
+    assert not list(run.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert main(_checkpointing_every_step(tmp_path, "split")) == 0
+    _assert_resumed_exactly(tmp_path)
+
+
 KILLED_WHILE_SAVING = """
-import os, signal, sys, torch
+import sys, torch
+from era_core.testing import failing_torch_save
 from era_vision.cli import main
 torch.set_num_threads(1)  # as the tests' own processes (conftest): the same float sums
-real_save = torch.save
-def save(obj, file, *args, **kwargs):
-    if isinstance(obj, dict) and obj.get("step", 0) >= 2:
-        file.write(b"half a checkpoint"); file.flush(); os.kill(os.getpid(), signal.SIGKILL)
-    return real_save(obj, file, *args, **kwargs)
-torch.save = save
+torch.save = failing_torch_save(2, "kill")
 raise SystemExit(main(sys.argv[1:]))
 """
 
@@ -424,23 +415,12 @@ raise SystemExit(main(sys.argv[1:]))
 def test_a_kill_while_checkpointing_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
     tmp_path,
 ):
-    def args(name):
-        run = ["--model", "mlp", "--epochs", "2", "--checkpoint-every", "1"]
-        return ["train", *TINY, *run, "--out", str(tmp_path / name)]
-
-    assert main(args("straight")) == 0
+    assert main(_checkpointing_every_step(tmp_path, "straight")) == 0
+    argv = _checkpointing_every_step(tmp_path, "split")
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_WHILE_SAVING, *args("split")],
-        capture_output=True,
-        check=False,
+        [sys.executable, "-c", KILLED_WHILE_SAVING, *argv], capture_output=True, check=False
     )
     assert killed.returncode == -9, killed.stderr.decode()
     assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["step"] == 1
-    assert main(args("split")) == 0
-    straight, resumed = (
-        torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
-        for name in ("straight", "split")
-    )
-    assert resumed["step"] == straight["step"] == 4
-    for key, value in straight["model"].items():
-        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
+    assert main(argv) == 0
+    _assert_resumed_exactly(tmp_path)

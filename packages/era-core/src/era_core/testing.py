@@ -1,16 +1,18 @@
 """Test helpers shared by the ERA packages (for tests; the helpers need pytest when called)."""
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Generator, Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch.torch_version import TorchVersion
@@ -22,6 +24,7 @@ __all__ = [
     "apply_gpu_policy",
     "cpu_and_cuda",
     "duplicate_distributions",
+    "failing_torch_save",
     "folder_digest",
     "held_run_dir",
     "help_text",
@@ -38,6 +41,33 @@ def help_text(main: Callable[[list[str]], object], argv: list[str]) -> str:
         main([*argv, "--help"])
     assert exit_info.value.code == 0, f"{argv} --help exited with {exit_info.value.code}"
     return out.getvalue()
+
+
+def failing_torch_save(
+    from_step: int, how: Literal["disk-full", "kill"]
+) -> Callable[[Any, IO[bytes]], None]:
+    """A ``torch.save`` whose checkpoints of step ``from_step`` or later are cut off halfway.
+
+    Saving a dict whose ``"step"`` is at least ``from_step`` into an open file writes part of a
+    file, then fails as torch does on a full disk (a RuntimeError whose cause is the ``OSError``
+    ENOSPC) or SIGKILLs the process; earlier saves are real. For a trainer's fault tests:
+    patch ``torch.save`` with it in the test process, or in a child process for a kill.
+    """
+    real_save = torch.save
+
+    def save(obj: Any, file: IO[bytes]) -> None:
+        saved: object = obj  # narrowed apart from ``obj``, which goes on to torch as given
+        state = cast("dict[str, Any]", saved) if isinstance(saved, dict) else {}
+        if state.get("step", 0) >= from_step:
+            file.write(b"half a checkpoint")
+            file.flush()
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise RuntimeError("unexpected pos (torch.save on a full disk)") from full
+        real_save(obj, file)
+
+    return save
 
 
 def cpu_and_cuda() -> tuple[Any, ...]:
