@@ -1,4 +1,4 @@
-"""Run-folder I/O: CSV + TensorBoard metric logs and atomic checkpoints."""
+"""Run-folder I/O: CSV + TensorBoard metric logs, and reading checkpoints back."""
 
 import csv
 from pathlib import Path

@@ -767,8 +767,9 @@ def checkpoint_path(cfg: TrainConfig) -> Path:
     return Path(cfg.out) / "checkpoint.pt"  # type: ignore[arg-type]
 
 
-# What a run writes into its folder, besides its CSVs (MetricLogger owns every *.csv there)
-# and the reports of `era-vision eval --data` on its checkpoint (eval-<data>/).
+# What a run writes into its folder, besides its CSVs (MetricLogger owns every *.csv there),
+# the reports of `era-vision eval --data` on its checkpoint (eval-<data>/) and the temporary
+# files of checkpoint writes a kill cut short (.checkpoint.pt.*.tmp, era_core.cli.write_atomically).
 RUN_FILES = (
     "config.yaml",
     "checkpoint.pt",
@@ -793,6 +794,7 @@ def _prepare_run_dir(
     names: set[str] = set()
     if starts_over:
         names = {*RUN_FILES, *(p.name for p in run_dir.glob("*.csv"))}
+        names |= {p.name for p in run_dir.glob(".checkpoint.pt.*.tmp")}
         names |= {p.name for p in run_dir.glob("eval-*") if p.is_dir()}
     try:
         done = stack.enter_context(replacing_run(run_dir, names))
