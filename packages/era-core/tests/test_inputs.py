@@ -4,6 +4,7 @@ import contextlib
 import math
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -250,7 +251,10 @@ def no_host_sync(device):
         yield
         return
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    with warnings.catch_warnings():
+        # torch 2.11 announces, once per process, that the mode is a prototype.
+        warnings.filterwarnings("ignore", "Synchronization debug mode is a prototype")
+        torch.cuda.set_sync_debug_mode("error")
     try:
         yield
     finally:
