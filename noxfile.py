@@ -10,6 +10,7 @@ Each package is tested in its own environment synced with that package alone
     nox -s demo                 # the main job of each package on built-in defaults
     nox -k installed            # the built wheels, as users install them (CPU runners, ~1 h)
     ERA_REQUIRE_GPU=1 nox -k "tests and gpu"   # GPU runners: fail, don't skip, without CUDA
+    nox -s gpu-bench            # GPU runners: the short GPU benchmarks
 """
 
 import datetime
@@ -34,6 +35,20 @@ BENCH_EXTRAS = {"era-core": [], "era-control": ["bench"], "era-llm": ["trl"], "e
 # On GPU runners era-llm is tested with the real vLLM engine, which pins its own torch and so
 # lives in a separate fork of the lock (see [tool.uv] conflicts): group test-vllm, extra vllm.
 GPU_ENVIRONMENTS = {"era-llm": ("test-vllm", ["vllm", "lora"])}
+# The short GPU benchmarks ci/gpu.sh runs after the GPU tests (about 4 minutes on one H200),
+# as (script, arguments) per package; each writes its results/*-cuda JSON.
+GPU_BENCHMARKS: dict[str, list[tuple[str, ...]]] = {
+    "era-core": [
+        ("bench_activations.py", "--device", "cuda"),
+        ("bench_entropy.py", "--device", "cuda"),
+    ],
+    "era-llm": [("bench_loss.py", "--device", "cuda")],
+    "era-vision": [("bench_overhead.py", "--device", "cuda", "--reps", "30")],
+    "era-control": [
+        ("bench_throughput.py", "--device", "cuda", "--ensemble", "8", "32", "--skip-sb3",
+         "--warmup", "200", "--steps", "200", "--threads", "1"),
+    ],
+}  # fmt: skip
 # The Python versions every package declares (its classifiers); the first is the one CI's test
 # command runs on, the others are run by the installed-wheel sessions.
 PYTHONS = ["3.11", "3.12", "3.13"]
@@ -184,6 +199,15 @@ def bench(session: nox.Session, package: str) -> None:
     sync(session, package, "bench", extras=TEST_EXTRAS[package] + BENCH_EXTRAS[package])
     for script in sorted((ROOT / "packages" / package / "benchmarks").glob("bench_*.py")):
         session.run("python", str(script), *session.posargs)
+
+
+@nox.session(name="gpu-bench")
+@nox.parametrize("package", list(GPU_BENCHMARKS))
+def gpu_bench(session: nox.Session, package: str) -> None:
+    """A package's short GPU benchmarks (GPU_BENCHMARKS), in the environment `bench` uses."""
+    sync(session, package, "bench", extras=TEST_EXTRAS[package] + BENCH_EXTRAS[package])
+    for script, *args in GPU_BENCHMARKS[package]:
+        session.run("python", str(ROOT / "packages" / package / "benchmarks" / script), *args)
 
 
 @nox.session

@@ -1,12 +1,15 @@
 """Env-steps/s of our SAC vs Stable-Baselines3 SAC, and N seeds in one process vs 1 seed.
 
     python packages/era-control/benchmarks/bench_throughput.py [--env Hopper-v5] [--threads 2]
+    python packages/era-control/benchmarks/bench_throughput.py --device cuda --ensemble 8 32 \
+        --skip-sb3                                  # the GPU runner's seed-scaling table
 
 Same process, same settings for both: MLP 256-256, batch 256, one update per env step,
-CPU, ``--threads`` torch threads. Each measures ``--steps`` env steps after ``--warmup``
-random steps (so the replay buffer holds data and every timed step has an update). Ours is
-measured through the real trainer (``charts/sps`` over the timed window). Needs the
-``bench`` extra (stable-baselines3). Writes ``results/throughput.json``.
+``--threads`` torch threads, ours on ``--device`` (SB3 always on CPU). Each measures
+``--steps`` env steps after ``--warmup`` random steps (so the replay buffer holds data and
+every timed step has an update). Ours is measured through the real trainer (``charts/sps`` over the timed window). Needs the
+``bench`` extra (stable-baselines3). Writes ``results/throughput.json`` (on CPU) or
+``results/throughput-<device>.json``.
 """
 
 import argparse
@@ -30,7 +33,7 @@ def ours(args: argparse.Namespace, seeds: int, era: bool, workdir: Path) -> floa
     name = f"ours_{seeds}_{era}"
     cfg = sac.SACConfig(
         env=args.env, steps=args.warmup + args.steps, seeds=seeds, era=era, learning_starts=args.warmup,
-        hidden=(256, 256), batch_size=256, updates_per_step=1, threads=args.threads, device="cpu",
+        hidden=(256, 256), batch_size=256, updates_per_step=1, threads=args.threads, device=args.device,
         eval_every=10**9, eval_episodes=1, log_every=math.gcd(args.warmup, args.steps), checkpoint_every=10**9,
         save_buffer=False, tensorboard=False, out=str(workdir), run_name=name,
     )  # fmt: skip
@@ -68,8 +71,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2_000, help="timed env steps")
     parser.add_argument("--warmup", type=int, default=1_000, help="random steps before timing")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where our trainer runs (cpu, cuda)")
     parser.add_argument(
-        "--ensemble", type=int, default=5, help="seeds in the multi-seed measurement"
+        "--ensemble", type=int, nargs="+", default=[5], help="seed counts of the multi-seed rows"
     )
     parser.add_argument("--skip-sb3", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -81,20 +85,24 @@ def main() -> None:
         sps = {
             "ours SAC-ERA, 1 seed": ours(args, 1, True, workdir),
             "ours SAC, 1 seed": ours(args, 1, False, workdir),
-            f"ours SAC-ERA, {args.ensemble} seeds (per seed)": ours(
-                args, args.ensemble, True, workdir
-            ),
+            **{
+                f"ours SAC-ERA, {n} seeds (per seed)": ours(args, n, True, workdir)
+                for n in args.ensemble
+            },
         }
     if not args.skip_sb3:
         sps["SB3 SAC, 1 seed"] = stable_baselines3(args)
-    one, many = sps["ours SAC-ERA, 1 seed"], sps[f"ours SAC-ERA, {args.ensemble} seeds (per seed)"]
-    ratios = {f"wall time of {args.ensemble} seeds / 1 seed": one / many}
+    one = sps["ours SAC-ERA, 1 seed"]
+    ratios = {
+        f"wall time of {n} seeds / 1 seed": one / sps[f"ours SAC-ERA, {n} seeds (per seed)"]
+        for n in args.ensemble
+    }
     if "SB3 SAC, 1 seed" in sps:
         ratios["ours SAC / SB3 SAC"] = sps["ours SAC, 1 seed"] / sps["SB3 SAC, 1 seed"]
         ratios["ours SAC-ERA / SB3 SAC"] = one / sps["SB3 SAC, 1 seed"]
 
     print(
-        f"\n{args.env}, MLP 256-256, batch 256, UTD 1, CPU, {args.threads} threads, {args.steps} timed steps"
+        f"\n{args.env}, MLP 256-256, batch 256, UTD 1, {args.device}, {args.threads} threads, {args.steps} timed steps"
     )
     print("| implementation | env steps/s |\n|---|---|")
     for name, value in sps.items():
@@ -103,9 +111,11 @@ def main() -> None:
         print(f"{name}: {value:.2f}x")
     setup = {k: v for k, v in vars(args).items() if k != "out"} | {
         "torch": torch.__version__, "cpu_count": __import__("os").cpu_count(), "machine": platform.machine(),
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "throughput.json", {"setup": setup, "sps": sps, "ratios": ratios})
+    name = "throughput.json" if args.device == "cpu" else f"throughput-{args.device}.json"
+    write_json(args.out / name, {"setup": setup, "sps": sps, "ratios": ratios})
 
 
 if __name__ == "__main__":

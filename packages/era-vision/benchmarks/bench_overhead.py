@@ -102,10 +102,15 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a busy box)"
     )
-    parser.add_argument("--json", type=Path, default=RESULTS / "bench_overhead.json")
+    parser.add_argument(
+        "--json", type=Path, help="default: results/bench_overhead.json, -<device> off CPU"
+    )
     args = parser.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.json is None:
+        suffix = "" if args.device == "cpu" else f"-{args.device}"
+        args.json = RESULTS / f"bench_overhead{suffix}.json"
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
