@@ -13,9 +13,11 @@ from era_core.cli import (
     LOCK_FILE,
     REPORT_BUGS_AT,
     SET_ASIDE_DIR,
+    ArgumentParser,
     UsageError,
     debug_requested,
     hold_run_dir,
+    read_parsed,
     replacing_run,
     report_usage_errors,
     write_atomically,
@@ -108,6 +110,38 @@ def test_an_atomic_write_killed_midway_leaves_the_old_file(tmp_path: Path) -> No
         path, lambda file: file.write(b"new")
     )  # the killed write's temp file is no obstacle
     assert path.read_bytes() == b"new"
+
+
+def test_a_bad_command_line_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = ArgumentParser(prog="tool")
+    parser.add_argument("--steps", type=int)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run").add_argument("--lr", type=float)
+    for argv, named in ((["--steps", "x"], "--steps"), (["run", "--lr", "y"], "--lr")):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(argv)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: argument " + named), err
+        assert "--help" in err and "usage:" not in err
+
+
+def test_a_file_that_does_not_parse_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    def parse(text: str) -> int:
+        if not text.isdigit():
+            raise ValueError(f"not digits at column {len(text)}")
+        return int(text)
+
+    (tmp_path / "good").write_text("12")
+    assert read_parsed(tmp_path / "good", parse, (ValueError,), "digits") == 12
+    (tmp_path / "bad").write_text("1x")
+    with pytest.raises(UsageError, match=r"'.*bad' is not valid digits: not digits at column 2"):
+        read_parsed(tmp_path / "bad", parse, (ValueError,), "digits")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe")
+    with pytest.raises(UsageError, match=r"binary' is not valid digits"):
+        read_parsed(tmp_path / "binary", parse, (ValueError,), "digits")
+    with pytest.raises(FileNotFoundError):  # reported by report_usage_errors, naming the path
+        read_parsed(tmp_path / "missing", parse, (ValueError,), "digits")
 
 
 def test_exit_code_passes_through() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import yaml
 
+from era_control.config import read_yaml
 from era_core.cli import UsageError, write_atomically
 
 __all__ = ["StopSignal", "load", "note_resume", "save"]
@@ -57,7 +58,7 @@ def note_resume(run_dir: str | Path, step: int, **notes: str) -> None:
     ``notes`` name the part, e.g. ``env_state="..."`` or ``replay_buffer="..."``.
     """
     path = Path(run_dir) / "run.yaml"
-    info = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    info = (read_yaml(path) if path.exists() else None) or {}
     info.setdefault("resumes", []).append({"step": int(step), **notes})
     path.write_text(yaml.safe_dump(info, sort_keys=False))
 

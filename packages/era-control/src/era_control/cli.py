@@ -15,7 +15,13 @@ from pathlib import Path
 from era_control import checkpoint, config
 from era_control.plot import plot_runs
 from era_control.runs import ALGORITHMS, check_device, evaluate_run, load_run, start_run
-from era_core.cli import UsageError, debug_requested, hold_run_dir, report_usage_errors
+from era_core.cli import (
+    ArgumentParser,
+    UsageError,
+    debug_requested,
+    hold_run_dir,
+    report_usage_errors,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -129,7 +135,7 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``era-control`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="era-control",
         description="ERA for continuous control (SAC-ERA vs SAC, PPO-ERA vs PPO).",
     )

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from era_control.envs import resolve_env_id
-from era_core.cli import write_atomically
+from era_core.cli import read_parsed, write_atomically
 from era_core.validation import check_range
 
 __all__ = [
@@ -165,7 +165,7 @@ def resolve(
     if preset is not None:
         values.update((presets or {})[preset])
     if getattr(args, "config", None) is not None:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        loaded = read_yaml(args.config) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"--config {args.config}: expected a mapping of field names to values")
         values.update(loaded)
@@ -189,7 +189,12 @@ def save_yaml(config: Any, path: str | Path) -> None:
 
 def load_yaml(cls: type[C], path: str | Path) -> C:
     """Read a config saved by :func:`save_yaml`."""
-    return from_dict(cls, yaml.safe_load(Path(path).read_text()) or {}, source=str(path))
+    return from_dict(cls, read_yaml(path) or {}, source=str(path))
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path``; a file that is not YAML is a UsageError naming it."""
+    return read_parsed(path, yaml.safe_load, (yaml.YAMLError,), "YAML")
 
 
 @dataclasses.dataclass

@@ -6,8 +6,8 @@ truncated normal, entropy floor at SAC's -1 nats per action dim), shrunk to fit 
 minutes on two CPU cores: small networks and batches, a short warm-up, a small task.
 """
 
-import argparse
 import json
+import sys
 from pathlib import Path
 
 from era_control import sac
@@ -125,15 +125,10 @@ def _plot(runs: dict[str, Path], out: Path, title: str) -> Path:
 
 
 def main() -> int:
-    """``python -m era_control.demo``."""
-    # No docstring under python -OO.
-    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/demo/era-control"))
-    parser.add_argument("--env", default="InvertedDoublePendulum-v5")
-    parser.add_argument("--steps", type=int, default=8_000)
-    parser.add_argument("--seeds", type=int, default=2)
-    args = parser.parse_args()
-    return run(args.out, args.env, args.steps, args.seeds)
+    """``python -m era_control.demo``: the same as ``era-control demo`` (flags, checks, errors)."""
+    from era_control.cli import main as cli_main
+
+    return cli_main(["demo", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from era_control.config import read_yaml
 from era_control.logging import METRICS_FILE, read_metrics
 
 __all__ = ["curve", "plot_runs", "run_label"]
@@ -37,9 +37,9 @@ def run_label(run_dir: str | Path) -> str:
     config_path = Path(run_dir) / "config.yaml"
     if not config_path.exists():
         return Path(run_dir).name
-    config = yaml.safe_load(config_path.read_text())
+    config = read_yaml(config_path)
     run_path = Path(run_dir) / "run.yaml"  # the algorithm is recorded there, not in the config
-    algo = yaml.safe_load(run_path.read_text())["algo"] if run_path.exists() else "run"
+    algo = read_yaml(run_path)["algo"] if run_path.exists() else "run"
     era = config.get("era")
     name = f"{algo.upper()}-ERA" if era else algo.upper()
     return f"{name} ({config.get('seeds', 1)} seeds)"

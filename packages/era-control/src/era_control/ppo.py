@@ -133,6 +133,7 @@ class PPOConfig(RunConfig):
             high_inclusive=False,
             why=f"must be below log_std_max={self.log_std_max:g}",
         )
+        check_finite("log_std_init", self.log_std_init)  # plain PPO's free log-std: no bounds
         if self.target_entropy is not None:
             check_target_entropy(
                 self.target_entropy, self.era, self.log_std_max, self.distribution != "normal"

@@ -132,14 +132,24 @@ def start_run(algo: str, cfg: C) -> Generator[NewRun[C]]:
 
 
 def check_device(device: str) -> None:
-    """Refuse a CUDA device this machine does not have (``auto`` falls back to the CPU).
+    """Refuse a malformed device name, or a CUDA device this machine does not have.
+
+    ``auto`` falls back to the CPU.
 
     Raises:
         UsageError: Naming ``--device``.
     """
     import torch
 
-    if not device.startswith("cuda"):
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise UsageError(
+            f"--device {device!r} is not a torch device (cpu, cuda, cuda:N, auto)"
+        ) from error
+    if kind != "cuda":
         return
     if not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu")
@@ -161,13 +171,13 @@ def load_run(run_dir: Path) -> tuple[str, Algorithm, Any]:
     """The algorithm name, its registry entry and the saved config of a run directory."""
     if not (run_dir / "run.yaml").exists():
         raise UsageError(f"{str(run_dir)!r} is not a run directory (no run.yaml)")
-    algo = (yaml.safe_load((run_dir / "run.yaml").read_text()) or {}).get("algo")
+    algo = (config.read_yaml(run_dir / "run.yaml") or {}).get("algo")
     if algo not in ALGORITHMS:
         raise UsageError(f"{str(run_dir / 'run.yaml')!r}: unknown algo {algo!r}")
     spec = ALGORITHMS[algo]
     try:
         cfg = config.load_yaml(spec.config, run_dir / "config.yaml")
-    except (ValueError, OSError, yaml.YAMLError) as error:
+    except (ValueError, OSError) as error:
         raise UsageError(f"{str(run_dir / 'config.yaml')!r}: {error}") from error
     return algo, spec, cfg
 

@@ -137,15 +137,16 @@ class SACConfig(RunConfig):
                 "distribution='tanh_normal' cannot keep ERA's floor on the executed actions "
                 "(tanh saturation); use distribution='truncated_normal' (the default) or --no-era"
             )
-        if self.target_entropy is not None:
-            check_target_entropy(self.target_entropy, self.era, self.log_std_max)
-            if self.era:
-                h_max = truncated_normal_entropy_bounds(self.log_std_min, self.log_std_max)[1]
-                check_range(
-                    "target_entropy", self.target_entropy, None, h_max, high_inclusive=False,
-                    why=f"per action dim: the maximum of ERA's truncated normal with "
-                    f"log_std_max={self.log_std_max:g}",
-                )  # fmt: skip
+        # The default target is per action dim too, so it is checked before any env exists.
+        per_dim = SAC_TARGET_PER_DIM if self.target_entropy is None else self.target_entropy
+        check_target_entropy(per_dim, self.era, self.log_std_max)
+        if self.era:
+            h_max = truncated_normal_entropy_bounds(self.log_std_min, self.log_std_max)[1]
+            check_range(
+                "target_entropy", per_dim, None, h_max, high_inclusive=False,
+                why=f"per action dim: the maximum of ERA's truncated normal with "
+                f"log_std_max={self.log_std_max:g}",
+            )  # fmt: skip
         check_positive("alpha_init", self.alpha_init)
         for name in ("entropy_lr", "lr", "tau"):
             check_positive(name, getattr(self, name))
@@ -474,6 +475,13 @@ def train(
     step, episode_return, episode_length = 0, np.zeros(cfg.seeds), np.zeros(cfg.seeds, dtype=int)
     if resume:
         state = checkpoint.load(run_dir / "checkpoint.pt")  # RNG states must stay on the CPU
+        saved = state["buffer"]["size"] if state["buffer"] is not None else 0
+        if saved > buffer.capacity:
+            raise UsageError(
+                f"{str(run_dir / 'checkpoint.pt')!r} holds {saved} transitions per seed, more "
+                f"than this run's replay capacity of {buffer.capacity} (buffer_size, capped at "
+                "steps): it is not this run's checkpoint"
+            )
         step, obs = state["step"], state["obs"]
         episode_return, episode_length = state["episode_return"], state["episode_length"]
         agent.load_state_dict(state["agent"])

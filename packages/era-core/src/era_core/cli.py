@@ -17,6 +17,7 @@ old run's files aside rather than deleting them (:func:`replacing_run`): they co
 the new run fails before its first checkpoint, even if it was killed outright.
 """
 
+import argparse
 import contextlib
 import errno
 import json
@@ -26,16 +27,18 @@ import sys
 import tempfile
 from collections.abc import Callable, Collection, Generator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn, TypeVar
 
 __all__ = [
     "DEBUG_ENV",
     "LOCK_FILE",
     "REPORT_BUGS_AT",
     "SET_ASIDE_DIR",
+    "ArgumentParser",
     "UsageError",
     "debug_requested",
     "hold_run_dir",
+    "read_parsed",
     "replacing_run",
     "report_usage_errors",
     "user_error_message",
@@ -70,8 +73,49 @@ _PATH_ERRNOS = {
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
+T = TypeVar("T")
+
+
 class UsageError(Exception):
     """A failure the user can fix; its message is the whole report, so make it name the input."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, reporting a bad command line in the convention's one line.
+
+    argparse prints the whole usage text before its message; this prints only
+    ``error: <message> (<prog> --help lists the flags)`` and exits with code 2. Subcommand
+    parsers made by ``add_subparsers`` are of this class too.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one-line report of a bad command line and exit with code 2."""
+        self.exit(2, f"error: {message} ({self.prog} --help lists the flags)\n")
+
+
+def read_parsed(
+    path: str | os.PathLike[str],
+    parse: Callable[[str], T],
+    errors: tuple[type[Exception], ...],
+    kind: str,
+) -> T:
+    """``parse`` of the text of the file ``path``; a file that does not parse is a UsageError.
+
+    A missing or unreadable file is an ``OSError`` naming ``path`` (one line through
+    :func:`report_usage_errors`); bytes that are not UTF-8, or a ``parse`` that raises one of
+    ``errors`` (``yaml.YAMLError``, ``json.JSONDecodeError``), are a :class:`UsageError` naming
+    ``path``, ``kind`` and where the parser stopped.
+
+    Args:
+        path: The file the user named (or a file of a run folder they named).
+        parse: Text to value, e.g. ``yaml.safe_load``.
+        errors: What ``parse`` raises for bad text.
+        kind: The format's name for the message ("YAML").
+    """
+    try:
+        return parse(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, *errors) as error:
+        raise UsageError(f"{os.fspath(path)!r} is not valid {kind}: {error}") from error
 
 
 def debug_requested(argv: list[str]) -> bool:

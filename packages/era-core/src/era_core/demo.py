@@ -5,13 +5,12 @@ python -m era_core.demo [--out runs/demo/era-core]
 Writes ``summary.json`` and ``summary.md`` (a table and one sentence computed from it).
 """
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 
-from era_core.cli import UsageError, debug_requested, report_usage_errors
+from era_core.cli import ArgumentParser, UsageError, debug_requested, report_usage_errors
 from era_core.entropy import categorical_entropy, gaussian_entropy
 from era_core.functional import gaussian_era, softmax_era
 
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns the exit code: 2, with one ``error:`` line, for an infeasible ``--min-entropy``.
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Entropy of plain and ERA outputs over growing logit scales."
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo/era-core"))

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 
+from era_core.cli import ArgumentParser
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -90,7 +92,7 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str | None = None) 
     """
     # The docstring is reStructuredText; --help shows its ``code`` as `code`.
     description = (cls.__doc__ or "").split("\n")[0].replace("``", "`")
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", type=Path, help="YAML file of field values; flags override it")
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an error (or ERA_DEBUG=1)"

@@ -5,7 +5,6 @@ unwritable ``--out``, a missing device) print one line ``error: ...`` and exit w
 ``--debug`` or ``ERA_DEBUG=1`` shows their traceback (``era_core.cli``).
 """
 
-import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -13,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from era_core.cli import debug_requested, report_usage_errors
+from era_core.cli import ArgumentParser, debug_requested, report_usage_errors
 from era_vision.config import add_arguments, config_from_args
 
 __all__ = ["PlotConfig", "main"]
@@ -83,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = _commands()
     # The module docstring is reStructuredText; --help shows its ``code`` as `code`.
     description = (__doc__ or "").replace("``", "`")
-    parser = argparse.ArgumentParser(prog="era-vision", description=description)
+    parser = ArgumentParser(prog="era-vision", description=description)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_text) in commands.items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
