@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from era_llm.errors import UsageError
 from era_llm.policy import TokenScorer, load_model, load_tokenizer
 from era_llm.rollout import RolloutConfig, Sampling, make_rollout
 from era_llm.rollout.hf import trim_response
@@ -116,7 +117,7 @@ def test_hf_rollout_samples_from_updated_weights(tiny_model_dir):
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
 def test_vllm_backend_without_vllm_says_how_to_install(tiny_model_dir):
     tokenizer, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir))
-    with pytest.raises(ImportError, match=r"era-llm\[vllm\]"):
+    with pytest.raises(UsageError, match=r"era-llm\[vllm\]"):
         make_rollout(model, tokenizer, str(tiny_model_dir), RolloutConfig(rollout="vllm"))
 
 

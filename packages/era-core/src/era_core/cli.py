@@ -3,7 +3,7 @@
 A failure the user can fix (a bad flag, a missing or corrupt file, an unwritable folder, a
 device that is not there) is raised as :class:`UsageError` and reported as one line,
 ``error: <what> (<where>)``, with exit code 2 and no traceback. What the system refuses about
-a path (missing, not permitted, a full or read-only disk) is reported the same way, wherever
+a path (missing, in the way, not permitted, a full or read-only disk) is reported the same way, wherever
 it is raised. ``--debug`` or ``ERA_DEBUG=1`` shows the traceback; any other exception is a bug
 in our code and keeps its traceback, with a note asking for a report.
 
@@ -61,6 +61,7 @@ REPORT_BUGS_AT = "https://github.com/era-project/era/issues"
 # What the system says of a path: the user named it, or chose the disk it lies on.
 _PATH_ERRNOS = {
     errno.ENOENT,
+    errno.EEXIST,
     errno.EACCES,
     errno.EPERM,
     errno.EISDIR,

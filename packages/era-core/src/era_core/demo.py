@@ -10,7 +10,13 @@ from pathlib import Path
 
 import torch
 
-from era_core.cli import ArgumentParser, UsageError, debug_requested, report_usage_errors
+from era_core.cli import (
+    ArgumentParser,
+    UsageError,
+    debug_requested,
+    report_usage_errors,
+    writing_to,
+)
 from era_core.entropy import categorical_entropy, gaussian_entropy
 from era_core.functional import gaussian_era, softmax_era
 
@@ -88,22 +94,32 @@ def summary_markdown(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the entropy of plain and ERA outputs over growing logit scales; write JSON and markdown.
-
-    Returns the exit code: 2, with one ``error:`` line, for an infeasible ``--min-entropy``.
-    """
+def build_parser() -> ArgumentParser:
+    """The demo's command line."""
     parser = ArgumentParser(
-        description="Entropy of plain and ERA outputs over growing logit scales."
+        prog="python -m era_core.demo",
+        description="Entropy of plain and ERA outputs over growing logit scales.",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo/era-core"))
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--min-entropy", type=float, default=0.6)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of usage errors")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the entropy of plain and ERA outputs over growing logit scales; write JSON and markdown.
+
+    Returns the exit code: 2, with one ``error:`` line, for an infeasible ``--min-entropy``.
+    """
+    args = build_parser().parse_args(argv)
     gaussian_target = 0.25 * ACTION_DIMS
 
     def run() -> int:
+        if args.classes < 2:
+            raise UsageError(
+                f"--classes must be at least 2 (an entropy floor needs two), got {args.classes}"
+            )
         try:
             results = measure(args.classes, args.min_entropy, gaussian_target)
         except ValueError as error:
@@ -117,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             "gaussian_target": gaussian_target,
             "rows": results,
         }
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-        (args.out / "summary.md").write_text(markdown)
+        for name, text in (
+            ("summary.json", json.dumps(summary, indent=2)),
+            ("summary.md", markdown),
+        ):
+            with writing_to(args.out / name):  # a full disk names the file
+                (args.out / name).write_text(text)
         print(f"wrote {args.out / 'summary.json'} and {args.out / 'summary.md'}")
         return 0
 

@@ -20,7 +20,7 @@ from era_core.cli import ArgumentParser
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ["help_field", "parse_config", "save_config"]
+__all__ = ["build_parser", "help_field", "parse_config", "save_config"]
 
 C = TypeVar("C", bound="DataclassInstance")
 
@@ -75,6 +75,49 @@ def _add_argument(parser: argparse.ArgumentParser, field: dataclasses.Field, tp:
     parser.add_argument(_flag(field.name), **kwargs)
 
 
+def build_parser(cls: type, prog: str | None = None) -> ArgumentParser:
+    """The command line of dataclass ``cls``: ``--config``, ``--debug`` and one flag per field."""
+    # The docstring is reStructuredText; --help shows its ``code`` as `code`.
+    description = (cls.__doc__ or "").split("\n")[0].replace("``", "`")
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, help="YAML file of field values; flags override it")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (or ERA_DEBUG=1)"
+    )
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.init:
+            _add_argument(parser, field, hints[field.name])
+    return parser
+
+
+def _yaml_value(path: Path, name: str, value: Any, hint: Any) -> Any:
+    """A ``--config`` value checked against its field's type, as a flag would be.
+
+    Numbers may come as text (YAML reads ``1e-6`` as a string); an int field refuses ``1.5``
+    rather than truncating it; a choice must be one of the allowed values.
+    """
+    tp, optional = _unwrap_optional(hint)
+    if value is None and optional:
+        return None
+    if typing.get_origin(tp) is Literal:
+        choices = list(typing.get_args(tp))
+        if value in choices:
+            return value
+        raise ValueError(f"--config {path}: {name} must be one of {choices}, got {value!r}")
+    if tp in (int, float) and not isinstance(value, bool):
+        try:
+            number = tp(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is not None and (isinstance(value, str) or number == value):
+            return number
+        raise ValueError(f"--config {path}: {name} must be {tp.__name__}, got {value!r}")
+    if tp is bool and not isinstance(value, bool):
+        raise ValueError(f"--config {path}: {name} must be true or false, got {value!r}")
+    return value
+
+
 def parse_config(cls: type[C], argv: list[str] | None, prog: str | None = None) -> C:
     """Build ``cls`` from an optional ``--config file.yaml`` plus command-line overrides.
 
@@ -90,17 +133,9 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str | None = None) 
         ValueError: The YAML file names a field ``cls`` does not have, or a required field is
             missing from both the file and the flags.
     """
-    # The docstring is reStructuredText; --help shows its ``code`` as `code`.
-    description = (cls.__doc__ or "").split("\n")[0].replace("``", "`")
-    parser = ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", type=Path, help="YAML file of field values; flags override it")
-    parser.add_argument(
-        "--debug", action="store_true", help="show the traceback of an error (or ERA_DEBUG=1)"
-    )
+    parser = build_parser(cls, prog)
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
-    for field in fields:
-        _add_argument(parser, field, hints[field.name])
     args = vars(parser.parse_args(argv))
     config_path = args.pop("config", None)
     args.pop("debug")
@@ -115,16 +150,7 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str | None = None) 
         unknown = sorted(set(loaded) - {f.name for f in fields})
         if unknown:
             raise ValueError(f"--config {config_path}: unknown fields {unknown}")
-        hints_by_name = {f.name: _unwrap_optional(hints[f.name])[0] for f in fields}
-        # YAML reads ``1e-6`` as a string; numbers are converted by the field's type.
-        values.update(
-            {
-                k: hints_by_name[k](v)
-                if hints_by_name[k] in (int, float) and isinstance(v, str)
-                else v
-                for k, v in loaded.items()
-            }
-        )
+        values.update({k: _yaml_value(config_path, k, v, hints[k]) for k, v in loaded.items()})
     values.update(args)
     missing = [
         _flag(f.name)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jinja2 import TemplateError  # what chat templates raise (jinja2 comes with torch)
 
 from era_llm.errors import UsageError
 
@@ -249,7 +250,8 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, template: str, chat_template: 
             tokenizer defines a chat template.
 
     Raises:
-        UsageError: Chat messages, but no chat template to render them with.
+        UsageError: Chat messages, but no chat template to render them with, or one that
+            refuses them (an unknown role).
     """
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if isinstance(prompt, list):
@@ -263,7 +265,15 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, template: str, chat_template: 
         messages = [{"role": "user", "content": template.replace("{prompt}", prompt)}]
     else:
         return tokenizer(template.replace("{prompt}", prompt)).input_ids
-    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    try:
+        rendered = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+    except TemplateError as error:  # the template's own raise_exception, e.g. an unknown role
+        roles = [m.get("role") for m in messages]
+        raise UsageError(
+            f"data: the tokenizer's chat template refuses a prompt with roles {roles}: {error}"
+        ) from error
     return tokenizer(rendered, add_special_tokens=False).input_ids
 
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 
-from era_core.validation import check_range
+from era_core.validation import check_positive, check_range
 from era_llm.config import help_field
 from era_llm.data import Example
 from era_llm.evaluation import evaluate, summarize
@@ -124,6 +124,14 @@ class DemoConfig:
         )
         check_range("num_generations", self.num_generations, 2)
         check_range("entropy_coef", self.entropy_coef, 0.0)
+        check_range("seed", self.seed, 0)
+        check_positive("sft_lr", self.sft_lr)
+        check_positive("rl_lr", self.rl_lr)
+        # The ERA arm's band, checked here rather than after the warm start.
+        check_range(
+            "era_omega_low", self.era_omega_low, 0.0, TrainConfig.era_omega_high,
+            why="and <= era_omega_high",
+        )  # fmt: skip
 
 
 def build_tokenizer() -> Any:

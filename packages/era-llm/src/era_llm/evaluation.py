@@ -56,6 +56,7 @@ class EvalConfig(RolloutConfig):
     def __post_init__(self) -> None:
         RolloutConfig.__post_init__(self)
         check_range("n", self.n, 1)
+        check_range("seed", self.seed, 0)
         check_template(self.prompt_template)
         if self.max_problems is not None:
             check_range("max_problems", self.max_problems, 1)

@@ -198,6 +198,10 @@ class TrainConfig(LossConfig, RolloutConfig):
         if self.max_sampling_rounds is not None:
             check_range("max_sampling_rounds", self.max_sampling_rounds, 1)
         check_range("warmup_steps", self.warmup_steps, 0)
+        check_range("seed", self.seed, 0)
+        check_range("topk_logprobs", self.topk_logprobs, 0)
+        if self.logprob_chunk_size is not None:
+            check_range("logprob_chunk_size", self.logprob_chunk_size, 1)
         check_positive("lr", self.lr)
         check_range("weight_decay", self.weight_decay, 0.0)
         check_positive("max_grad_norm", self.max_grad_norm)

@@ -15,7 +15,7 @@ from typing import Any
 from era_core.cli import ArgumentParser, debug_requested, report_usage_errors
 from era_vision.config import add_arguments, config_from_args
 
-__all__ = ["PlotConfig", "main"]
+__all__ = ["PlotConfig", "build_parser", "main"]
 
 
 @dataclass
@@ -77,22 +77,26 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], int], str]]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit code."""
-    commands = _commands()
+def build_parser() -> ArgumentParser:
+    """The ``era-vision`` command line: one subcommand per config class, a flag per field."""
     # The module docstring is reStructuredText; --help shows its ``code`` as `code`.
     description = (__doc__ or "").replace("``", "`")
     parser = ArgumentParser(prog="era-vision", description=description)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name, (cls, _, help_text) in commands.items():
+    for name, (cls, _, help_text) in _commands().items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
         add_arguments(subparser, cls)
         subparser.add_argument(
             "--debug", action="store_true", help="show the traceback of input errors"
         )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    cls, run, _ = commands[vars(args).pop("command")]
+    args = build_parser().parse_args(argv)
+    cls, run, _ = _commands()[vars(args).pop("command")]
     vars(args).pop("debug")
 
     def body() -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from era_core.validation import check_range
 from era_vision.plots import markdown_table, plot_runs
 from era_vision.train import TrainConfig, train
 
@@ -35,10 +36,10 @@ class DemoConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs} must be >= 1")
-        if self.threads < 1:
-            raise ValueError(f"threads={self.threads} must be >= 1")
+        check_range("epochs", self.epochs, low=1)
+        check_range("threads", self.threads, low=1)
+        check_range("min_entropy", self.min_entropy, low=0.0)
+        check_range("seed", self.seed, low=0)
 
 
 def run_demo(cfg: DemoConfig) -> list[dict[str, Any]]:

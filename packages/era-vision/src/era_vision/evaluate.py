@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from era_core.cli import SET_ASIDE_DIR, UsageError
+from era_core.validation import check_range
 from era_vision.calibration import evaluate_heads
 from era_vision.config import load_config, load_yaml, user_input
 from era_vision.data import (
@@ -57,8 +58,8 @@ class EvalConfig:
             raise ValueError(
                 f"run={self.run!r} is not a run folder (needs config.yaml and checkpoint.pt)"
             )
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        check_range("batch_size", self.batch_size, low=1)
+        check_range("workers", self.workers, low=0)
         if self.out is None:
             self.out = str(run if self.data is None else run / f"eval-{parse_data(self.data)[0]}")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from era_core.cli import UsageError
 from era_vision.calibration import Evaluation
 
 __all__ = ["markdown_table", "plot_runs", "reliability_diagram", "write_report"]
@@ -106,7 +107,7 @@ def plot_runs(runs: list[Path], out: Path) -> list[Path]:
     for run in map(Path, runs):
         logs[run.name] = {group: _read_csv(run / f"{group}.csv") for group in ("train", "eval")}
         if not any(logs[run.name].values()):
-            raise ValueError(f"{run} has no train.csv or eval.csv: is it a run folder?")
+            raise UsageError(f"{run} has no train.csv or eval.csv: is it a run folder?")
     fig = Figure(figsize=(12, 6.5), layout="constrained")
     axes = fig.subplots(2, 3).ravel()
     for ax, (group, key) in zip(axes, CURVES, strict=True):

@@ -235,6 +235,8 @@ class TrainConfig:
         check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_inclusive=False)
         check_range("dropout", self.dropout, 0.0, 1.0, high_inclusive=False)
         check_range("confidence_penalty", self.confidence_penalty, low=0.0)
+        check_range("era_tau", self.era_tau, math.e, low_inclusive=False)  # as SoftmaxERA checks
+        check_range("seed", self.seed, low=0)
         for name in ("epochs", "batch_size", "grad_accum", "log_every", "eval_every"):
             check_range(name, getattr(self, name), low=1)
         check_positive("lr", self.lr)

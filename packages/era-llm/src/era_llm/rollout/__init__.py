@@ -84,6 +84,8 @@ class RolloutConfig:
             1.0,
             low_inclusive=False,
         )
+        if self.vllm_max_model_len is not None:
+            check_range("vllm_max_model_len", self.vllm_max_model_len, 1)
 
 
 def _hf(model: Any, tokenizer: Any, model_path: str, cfg: RolloutConfig, seed: int) -> Rollout:

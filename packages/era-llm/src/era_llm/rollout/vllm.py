@@ -12,6 +12,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from era_llm.errors import UsageError
 from era_llm.rollout import Sampling
 
 __all__ = ["VLLMRollout"]
@@ -31,8 +32,7 @@ class VLLMRollout:
             ``update_weights`` brings the weights back, the next ``generate`` the KV cache.
 
     Raises:
-        ImportError: vLLM is not installed.
-        RuntimeError: No CUDA device is available.
+        UsageError: vLLM is not installed, or no CUDA device is available.
     """
 
     def __init__(
@@ -47,9 +47,9 @@ class VLLMRollout:
         try:
             import vllm  # pyright: ignore[reportMissingImports]  # the optional [vllm] extra
         except ImportError as error:
-            raise ImportError("rollout=vllm needs vLLM: pip install 'era-llm[vllm]'") from error
+            raise UsageError("rollout=vllm needs vLLM: pip install 'era-llm[vllm]'") from error
         if not torch.cuda.is_available():
-            raise RuntimeError("rollout=vllm needs a CUDA GPU; use rollout=hf on CPU")
+            raise UsageError("rollout=vllm needs a CUDA GPU; use rollout=hf on CPU")
         # Keep the engine in this process so apply_model reaches our tensors without a copy.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
