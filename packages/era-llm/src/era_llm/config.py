@@ -106,8 +106,9 @@ def _yaml_value(path: Path, name: str, value: Any, hint: Any) -> Any:
             return value
         raise ValueError(f"--config {path}: {name} must be one of {choices}, got {value!r}")
     if tp in (int, float) and not isinstance(value, bool):
+        convert: Any = tp  # int or float, applied to whatever YAML held
         try:
-            number = tp(value)
+            number = convert(value)
         except (TypeError, ValueError):
             number = None
         if number is not None and (isinstance(value, str) or number == value):
