@@ -616,18 +616,33 @@ def _truncated_entropy_terms(log_std: Tensor, loc: Tensor) -> tuple[Tensor, Tens
     ``loc`` in ``[-1, 1]`` keeps ``a <= 0 <= b``, so ``Z >= Phi(0) - Phi(a)`` has no cancellation
     for small ``sigma``. Elementwise; call it in float64.
     """
-    sigma = log_std.exp()
-    a, b = (-1.0 - loc) / sigma, (1.0 - loc) / sigma
-    pa, pb = std_normal_pdf(a), std_normal_pdf(b)
-    z = std_normal_cdf(b) - std_normal_cdf(a)
-    n = a * pa - b * pb
-    p, m2, m3 = pa - pb, a * a * pa - b * b * pb, a**3 * pa - b**3 * pb
-    entropy = _GAUSSIAN_UNIT_ENTROPY + log_std + torch.log(z) + n / (2 * z)
-    d_log_std = 1.0 + (n + m3) / (2 * z) - n * n / (2 * z * z)
+    entropy, d_log_std = _truncated_entropy_and_slope(log_std, loc)
+    sigma, a, b, pa, pb, z, n = _truncated_parts(log_std, loc)
+    p, m2 = pa - pb, a * a * pa - b * b * pb
     d_loc = ((p + m2) / (2 * z) - n * p / (2 * z * z)) / sigma
     return entropy, d_log_std, d_loc
 
 
+def _truncated_entropy_and_slope(log_std: Tensor, loc: Tensor) -> tuple[Tensor, Tensor]:
+    """``H`` and ``dH/dlog_std`` of :func:`_truncated_entropy_terms`: what a Newton step needs."""
+    _, a, b, pa, pb, z, n = _truncated_parts(log_std, loc)
+    m3 = a**3 * pa - b**3 * pb
+    entropy = _GAUSSIAN_UNIT_ENTROPY + log_std + torch.log(z) + n / (2 * z)
+    return entropy, 1.0 + (n + m3) / (2 * z) - n * n / (2 * z * z)
+
+
+def _truncated_parts(
+    log_std: Tensor, loc: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``sigma``, the standardised ends ``a, b``, ``phi(a), phi(b)``, the mass ``Z`` and ``N``."""
+    sigma = log_std.exp()
+    a, b = (-1.0 - loc) / sigma, (1.0 - loc) / sigma
+    pa, pb = std_normal_pdf(a), std_normal_pdf(b)
+    z = std_normal_cdf(b) - std_normal_cdf(a)
+    return sigma, a, b, pa, pb, z, a * pa - b * pb
+
+
+@functools.lru_cache(maxsize=64)  # a pure function of two floats, asked on every forward pass
 def truncated_normal_entropy_bounds(log_std_min: float, log_std_max: float) -> tuple[float, float]:
     """Per-dimension entropy range ``[h_min, h_max]`` of :func:`truncated_gaussian_era`.
 
@@ -636,7 +651,7 @@ def truncated_normal_entropy_bounds(log_std_min: float, log_std_max: float) -> t
     """
     check_log_std_bounds(log_std_min, log_std_max)
     bounds = torch.tensor([log_std_min, log_std_max], dtype=torch.float64)
-    entropy, _, _ = _truncated_entropy_terms(bounds, torch.zeros_like(bounds))
+    entropy, _ = _truncated_entropy_and_slope(bounds, torch.zeros_like(bounds))
     return float(entropy[0]), float(entropy[1])
 
 
@@ -671,7 +686,7 @@ def _solve_truncated_log_std(entropy: Tensor, loc: Tensor, high: float) -> Tenso
     log_std = low_end
     early_exit = checks_values(entropy)
     for _ in range(100 if early_exit else _device_newton_steps(high)):
-        value, slope, _ = _truncated_entropy_terms(log_std, loc)
+        value, slope = _truncated_entropy_and_slope(log_std, loc)
         residual = value - entropy
         if early_exit and bool((residual.abs() <= 1e-12).all()):
             break
