@@ -1,7 +1,8 @@
 """The ERA head: any classifier's logits go through ``era_core.nn.SoftmaxERA``."""
 
+import fnmatch
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -9,7 +10,11 @@ from torch import Tensor, nn
 from era_core.nn import SoftmaxERA
 from era_vision.models import find_classifier, num_classes_of, reset_classifier
 
-__all__ = ["ERAClassifier", "with_era"]
+__all__ = ["ERAClassifier", "no_weight_decay", "with_era"]
+
+# timm's duck-typed model API, forwarded to the wrapped model when it has it (hasattr() on the
+# wrapper answers as on the model, so timm's own fallbacks still apply to torchvision models).
+_FORWARDED = {"pretrained_cfg", "default_cfg", "num_features", "set_grad_checkpointing"}
 
 
 class ERAClassifier(nn.Module):
@@ -39,6 +44,29 @@ class ERAClassifier(nn.Module):
         self.model = model
         self.era = SoftmaxERA(min_entropy, tau=tau, calibration=calibration)
         self._check_feasible()
+        self.register_load_state_dict_pre_hook(_accept_unwrapped_keys)
+
+    def __getattr__(self, name: str) -> Any:
+        """Parameters and submodules as any module; then timm's model API, from the model.
+
+        ``pretrained_cfg``/``default_cfg`` (what ``timm.data.resolve_data_config`` reads),
+        ``num_features`` and ``set_grad_checkpointing`` come from the wrapped model as they
+        are; ``no_weight_decay`` and ``group_matcher`` (``create_optimizer_v2``, with and
+        without ``layer_decay``) name the wrapper's parameters, which carry a ``model.``
+        prefix. A model without the attribute raises AttributeError, as timm expects.
+        """
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in _FORWARDED | {"no_weight_decay", "group_matcher"}:
+                raise
+        model = self._modules["model"]
+        if name in _FORWARDED:
+            return getattr(model, name)
+        inner = getattr(model, name)  # AttributeError: not a timm model
+        if name == "no_weight_decay":
+            return lambda: {f"model.{pattern}" for pattern in inner()}
+        return lambda coarse=False: _prefixed_matcher(inner(coarse=coarse))
 
     def _check_feasible(self) -> None:
         # era-core validates H0 against the class count when it sees logits; one dummy row
@@ -83,6 +111,53 @@ class ERAClassifier(nn.Module):
         reset_classifier(self.model, num_classes)
         self.num_classes = num_classes
         self._check_feasible()
+
+
+def _prefixed_matcher(matcher: Any) -> Any:
+    """A timm ``group_matcher`` rewritten for the wrapper's parameter names, ``model.<name>``.
+
+    timm's matchers are regexes matched from the start of a name, or a function of the name.
+    """
+    if callable(matcher):
+        return lambda name: matcher(name.removeprefix("model."))
+
+    def prefixed(pattern: str) -> str:
+        return rf"^model\.(?:{pattern.removeprefix('^')})"
+
+    return {
+        group: spec if spec is None
+        else prefixed(spec) if isinstance(spec, str)
+        else [(prefixed(regex), *rest) for regex, *rest in spec]
+        for group, spec in matcher.items()
+    }  # fmt: skip
+
+
+def _accept_unwrapped_keys(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> None:
+    """Let the wrapper load a state dict of the bare model (timm's ``load_checkpoint``).
+
+    Keys without ``model.`` get it, as long as none has it (then it is the wrapper's own).
+    """
+    own = [k for k in state_dict if k.startswith(prefix)]
+    if own and not any(k.startswith(f"{prefix}model.") for k in own):
+        for key in own:
+            state_dict[f"{prefix}model.{key.removeprefix(prefix)}"] = state_dict.pop(key)
+
+
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Names of ``model``'s parameters that take no weight decay, as timm decides it.
+
+    1-d parameters (norm weights, biases) and those the model's ``no_weight_decay()`` names
+    (fnmatch patterns, e.g. a ViT's ``pos_embed`` and ``cls_token``), for wrapped and bare
+    timm models alike.
+    """
+    patterns: set[str] = getattr(model, "no_weight_decay", set)()
+    return {
+        name
+        for name, param in model.named_parameters()
+        if param.ndim <= 1 or any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+    }
 
 
 def with_era(

@@ -48,7 +48,7 @@ from era_vision.data import (
     stratified_split,
 )
 from era_vision.distributed import Dist, average_bn_stats, max_over_ranks, setup
-from era_vision.era import with_era
+from era_vision.era import no_weight_decay, with_era
 from era_vision.losses import LOSSES, Regularizer
 from era_vision.models import get_model
 from era_vision.plots import write_report
@@ -374,11 +374,12 @@ class Trainee:
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # Norm weights and biases (1-d parameters) are not decayed, as in timm and torchvision.
-    params = [p for p in model.parameters() if p.requires_grad]
+    # As timm: no decay for norm weights, biases and what the model's no_weight_decay() names.
+    exempt = no_weight_decay(model)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": [p for n, p in params if n not in exempt], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in params if n in exempt], "weight_decay": 0.0},
     ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
