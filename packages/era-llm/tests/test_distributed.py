@@ -64,7 +64,7 @@ for step in range(3):
     rewards = torch.randint(0, 2, (4, 4), generator=generator).float()
     mine = slice(dist.rank * share, (dist.rank + 1) * share)
     groups = Groups(prompts[mine], responses[mine.start * 4 : mine.stop * 4], rewards[mine], {})
-    metrics = update_policy(
+    metrics, _ = update_policy(
         groups, trainable, model, optimizer, scheduler, LOSSES[cfg.algo], cfg, 0, dist,
         contextlib.nullcontext, ref,
     )

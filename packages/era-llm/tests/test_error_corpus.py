@@ -37,6 +37,7 @@ NUMERIC = {
         "num_generations", "num_minibatches", "micro_batch_size", "max_sampling_rounds",
         "max_prompt_length", "lr", "weight_decay", "warmup_steps", "max_grad_norm", "lora_rank",
         "lora_alpha", "logprob_chunk_size", "topk_logprobs", "save_every", "keep_checkpoints",
+        "log_completions_every",
     ],
     "eval": [*SAMPLING, "n", "max_problems", "seed"],
     "demo": [

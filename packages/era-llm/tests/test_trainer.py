@@ -20,7 +20,7 @@ from era_llm.data import PromptSampler
 from era_llm.distributed import Distributed
 from era_llm.errors import UsageError
 from era_llm.losses import LOSSES
-from era_llm.metrics import read_metrics
+from era_llm.metrics import COMPLETIONS_FILE, MetricLogger, read_metrics
 from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
 from era_llm.trainer import Groups, collate, collect_groups, train, update_policy
 
@@ -177,6 +177,7 @@ def _groups(seed=0):
 
 
 def _update(model, cfg, groups, ref_scorer=None):
+    """The metrics of one ``update_policy`` call."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     return update_policy(
@@ -191,7 +192,7 @@ def _update(model, cfg, groups, ref_scorer=None):
         Distributed(0, 1, torch.device("cpu")),
         contextlib.nullcontext,
         ref_scorer,
-    )
+    )[0]
 
 
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
@@ -266,7 +267,7 @@ def test_minibatches_and_kl_run(tiny_model_dir):
     ref = TokenScorer(copy.deepcopy(model).requires_grad_(False))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    metrics = update_policy(
+    metrics, _ = update_policy(
         _groups(),
         TokenScorer(model),
         model,
@@ -815,3 +816,44 @@ def test_a_kill_while_checkpointing_keeps_the_last_checkpoint_and_the_run_resume
     straight = _parameters(tmp_path / "straight" / "checkpoints" / "step-00000003")
     resumed = _parameters(run / "checkpoints" / "step-00000003")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "grpo-era"])
+def test_completions_are_logged_with_their_rewards_and_advantages(
+    tiny_model_dir, addition_data, tmp_path, parity, algo
+):
+    out = tmp_path / "run"
+    cfg = tiny_train_config(
+        tiny_model_dir, addition_data, out, algo=algo, max_steps=2, log_completions_every=2,
+        dynamic_sampling=False,
+    )  # fmt: skip
+    train(cfg)
+    rows = [json.loads(line) for line in (out / COMPLETIONS_FILE).read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2] * 16  # 4 prompts x 4 completions, step 2 only
+    assert set(rows[0]) == {
+        "step", "prompt", "completion", "reward", "advantage", "entropy", "logit_scale", "in_loss"
+    }  # fmt: skip
+    logged = {int(row["step"]): row for row in read_metrics(out / "metrics.csv")}
+    assert sum(r["reward"] for r in rows) / 16 == pytest.approx(logged[2]["train/reward"])
+    assert all(r["reward"] == parity_reward(r["completion"], "") for r in rows)
+    for group in range(4):  # group-relative advantages sum to zero within each group
+        assert sum(r["advantage"] for r in rows[4 * group : 4 * group + 4]) == pytest.approx(
+            0.0, abs=1e-5
+        )
+    assert all(r["entropy"] > 0 and r["in_loss"] for r in rows)
+    if algo == "grpo":
+        assert {r["logit_scale"] for r in rows} == {1.0}
+    else:
+        assert all(r["logit_scale"] > 0 for r in rows)
+
+
+def test_logged_completions_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    logger = MetricLogger(tmp_path)
+    for step in (1, 2, 3):
+        logger.log_completions(step, [{"completion": f"c{step}|x\ny", "reward": 1.0}])
+    logger.close()
+    with open(tmp_path / COMPLETIONS_FILE, "a") as handle:
+        handle.write('{"step": 4, "compl')  # a line cut short by a kill
+    MetricLogger(tmp_path, resume_step=2).close()
+    lines = (tmp_path / COMPLETIONS_FILE).read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]

@@ -1,10 +1,17 @@
-"""Metric logging: one CSV row per step plus TensorBoard scalars, slash-namespaced keys."""
+"""Metric logging: one CSV row and TensorBoard scalars per step, and completions when asked.
+
+Keys are slash-namespaced; the completions go to ``completions.jsonl`` and TensorBoard's text tab.
+"""
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricLogger", "read_metrics"]
+__all__ = ["COMPLETIONS_FILE", "MetricLogger", "read_metrics"]
+
+COMPLETIONS_FILE = "completions.jsonl"
+"""One JSON object per sampled completion of a logged step (``log_completions_every``)."""
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
@@ -17,7 +24,7 @@ class MetricLogger:
     """Writes ``<run>/metrics.csv`` and TensorBoard events under ``<run>/tb``.
 
     On resume, rows after ``resume_step`` (written after the checkpoint, then lost) are
-    dropped so the CSV matches an uninterrupted run.
+    dropped so the CSV, and ``completions.jsonl``, match an uninterrupted run.
 
     Args:
         run_dir: Run directory.
@@ -36,6 +43,14 @@ class MetricLogger:
         if resume_step > 0 and self.path.exists():
             self.rows = [row for row in read_metrics(self.path) if row["step"] <= resume_step]
         self._rewrite()
+        self.completions = run_dir / COMPLETIONS_FILE
+        if self.completions.exists():
+            kept = [
+                line
+                for line in self.completions.read_text().splitlines(keepends=True)
+                if line.endswith("\n") and json.loads(line)["step"] <= resume_step
+            ]
+            self.completions.write_text("".join(kept))
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(
@@ -67,7 +82,30 @@ class MetricLogger:
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, step)
 
+    def log_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Append one step's completions to ``completions.jsonl`` and TensorBoard's text tab."""
+        if not self.enabled:
+            return
+        with open(self.completions, "a") as handle:
+            handle.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
+        self.writer.add_text("completions", _markdown_table(rows), step)
+
     def close(self) -> None:
         """Flush TensorBoard."""
         if self.writer is not None:
             self.writer.close()
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as a markdown table (TensorBoard's text tab renders it); one line per row."""
+    if not rows:
+        return "(no completions)"
+
+    def cell(value: Any) -> str:
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -75,12 +75,20 @@ from era_llm.distributed import (
 from era_llm.errors import UsageError
 from era_llm.lora import ADAPTER_DIR, add_lora
 from era_llm.losses import LOSSES, Loss, LossConfig, PolicyTerms
-from era_llm.metrics import MetricLogger
+from era_llm.metrics import COMPLETIONS_FILE, MetricLogger
 from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
 from era_llm.rewards import REWARDS, AnswerFormat, RewardFn
 from era_llm.rollout import Rollout, RolloutConfig, Sampling, make_rollout
 
-__all__ = ["Groups", "TrainConfig", "collate", "collect_groups", "train", "update_policy"]
+__all__ = [
+    "Groups",
+    "TrainConfig",
+    "collate",
+    "collect_groups",
+    "completion_rows",
+    "train",
+    "update_policy",
+]
 
 
 @dataclass(kw_only=True)
@@ -164,6 +172,12 @@ class TrainConfig(LossConfig, RolloutConfig):
         50, "checkpoint every this many steps (and at the end / on SIGTERM)"
     )
     keep_checkpoints: int = help_field(2, "most recent checkpoints to keep")
+    log_completions_every: int = help_field(
+        0,
+        "every this many steps, write each sampled completion (prompt, text, reward, advantage, "
+        "entropy, ERA scale) to completions.jsonl and TensorBoard's text tab; rank 0's share "
+        "under torchrun (0: off)",
+    )
     resume: bool = help_field(
         False,
         "continue the run in output_dir although its config.yaml differs (the new values "
@@ -200,6 +214,7 @@ class TrainConfig(LossConfig, RolloutConfig):
         check_range("warmup_steps", self.warmup_steps, 0)
         check_range("seed", self.seed, 0)
         check_range("topk_logprobs", self.topk_logprobs, 0)
+        check_range("log_completions_every", self.log_completions_every, 0)
         if self.logprob_chunk_size is not None:
             check_range("logprob_chunk_size", self.logprob_chunk_size, 1)
         check_positive("lr", self.lr)
@@ -369,7 +384,7 @@ def update_policy(
     dist: Distributed,
     autocast: Any,
     ref_scorer: TokenScorer | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, Tensor]]:
     """Advantages, shaping, and ``num_minibatches`` optimiser steps on one rollout batch.
 
     Args:
@@ -386,7 +401,9 @@ def update_policy(
         ref_scorer: Frozen reference model for the KL term (``kl_coef > 0``).
 
     Returns:
-        Metrics of this update, averaged over this rank's tokens.
+        Metrics of this update, averaged over this rank's tokens; and per response (in the
+        order of ``groups.responses``, on the CPU) the mean token ``entropy`` of its last
+        scoring pass and the mean ``logit_scale`` ERA applied (1 where it applied none).
     """
     device = dist.device
     ids, attention, mask, start = collate(groups.prompts, groups.responses, pad_token_id, device)
@@ -491,7 +508,38 @@ def update_policy(
     metrics["train/response_length"] = mask.sum(1).mean().item()
     metrics["optim/grad_norm"] = sum(grad_norms) / len(grad_norms)
     metrics["optim/lr"] = scheduler.get_last_lr()[0]
-    return metrics
+    lengths = mask.sum(1).clamp(min=1)
+    per_response = {
+        "entropy": ((entropy_rows * mask).sum(1) / lengths).cpu(),
+        "logit_scale": ((applied_scale * mask).sum(1) / lengths).cpu(),
+    }
+    return metrics, per_response
+
+
+def completion_rows(
+    groups: Groups, per_response: dict[str, Tensor], tokenizer: Any, cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """One row per sampled completion, for ``log_completions_every``.
+
+    Each row: the prompt and completion text, reward, group advantage, mean token entropy, the
+    ERA logit scale applied, and whether its group was in the loss (not a top-up group).
+    """
+    g = cfg.num_generations
+    advantages = group_advantages(groups.rewards, cfg.scale_rewards).flatten()
+    prompts = tokenizer.batch_decode(groups.prompts, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(groups.responses, skip_special_tokens=True)
+    return [
+        {
+            "prompt": prompts[j // g],
+            "completion": text,
+            "reward": float(groups.rewards.flatten()[j]),
+            "advantage": float(advantages[j]),
+            "entropy": float(per_response["entropy"][j]),
+            "logit_scale": float(per_response["logit_scale"][j]),
+            "in_loss": groups.in_loss is None or bool(groups.in_loss[j // g]),
+        }
+        for j, text in enumerate(texts)
+    ]
 
 
 def _scale_only(
@@ -544,7 +592,7 @@ _FIXED_ONCE_SAVED = {
     "answer_field": _SAME_PROBLEMS,
 }
 # A run's entries in output_dir, with its config.step-N.yaml files: what --overwrite replaces.
-_RUN_ENTRIES = ("checkpoints", "tb", "metrics.csv", "config.yaml")
+_RUN_ENTRIES = ("checkpoints", "tb", "metrics.csv", COMPLETIONS_FILE, "config.yaml")
 
 
 def config_diff(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
@@ -863,7 +911,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Distributed, scope: contextlib
                         rollout, prompts, answers, sampler, tokenizer, reward_fn, cfg
                     )
                 generated = time.perf_counter()
-                metrics = groups.stats | update_policy(
+                updated, per_response = update_policy(
                     groups,
                     trainable,
                     model,
@@ -876,8 +924,13 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Distributed, scope: contextlib
                     autocast,
                     ref_scorer,
                 )
+                metrics = groups.stats | updated
                 rollout.update_weights(model)
                 step += 1
+                if cfg.log_completions_every and step % cfg.log_completions_every == 0:
+                    logger.log_completions(
+                        step, completion_rows(groups, per_response, tokenizer, cfg)
+                    )
                 elapsed = time.perf_counter() - started
                 metrics["perf/step_time"] = elapsed
                 metrics["perf/generate_time"] = generated - started
