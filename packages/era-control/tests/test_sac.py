@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -127,3 +128,25 @@ def test_update_logs_executed_entropy_and_saturation():
     mean = torch.tensor([[[0.0, 3.0], [-3.0, 0.1]]])  # |tanh| = 0, 0.995, 0.995, 0.1
     assert sac.saturated_fraction(mean).tolist() == [0.5]
     assert ((metrics["action/saturated"] >= 0) & (metrics["action/saturated"] <= 1)).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("era", [True, False])
+def test_update_and_act_do_not_wait_for_the_device(era):
+    # A GPU-shaped step queues its kernels and returns: no call in update or act may make the
+    # host wait for the device (an .item(), a boolean mask, a value check).
+    a = agent("cuda", era=era)
+    batch = random_batch(a, device="cuda")
+    obs = torch.randn(3, 5, device="cuda")
+    a.update(batch)  # first calls: lazy CUDA and optimiser state
+    a.act(obs)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        # torch 2.11 announces, once per process, that the mode is a prototype.
+        warnings.filterwarnings("ignore", "Synchronization debug mode is a prototype")
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        a.update(batch)
+        a.act(obs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
