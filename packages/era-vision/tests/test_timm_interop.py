@@ -60,6 +60,8 @@ def test_era_visions_own_optimiser_skips_what_timm_skips():
     assert no_weight_decay(resnet) == {n for n, p in resnet.named_parameters() if p.ndim <= 1}
 
 
+# timm 1.0.3 calls torch.utils.checkpoint without use_reentrant, which torch 2.5 warns about.
+@pytest.mark.filterwarnings("ignore:torch.utils.checkpoint. the use_reentrant:UserWarning")
 def test_grad_checkpointing_reaches_the_model():
     bare = _vit()
     wrapped = with_era(bare, 0.6)
@@ -71,6 +73,8 @@ def test_grad_checkpointing_reaches_the_model():
     torch.testing.assert_close(wrapped.eval()(x), before)
 
 
+# timm 1.0.3 calls torch.load without weights_only, which torch 2.4-2.5 warn about.
+@pytest.mark.filterwarnings("ignore:You are using `torch.load` with `weights_only=False`")
 def test_a_timm_checkpoint_loads_into_the_wrapper(tmp_path):
     source = _vit(seed=1)
     torch.save(source.state_dict(), tmp_path / "bare.pth")
