@@ -616,8 +616,9 @@ def _truncated_entropy_terms(log_std: Tensor, loc: Tensor) -> tuple[Tensor, Tens
     ``loc`` in ``[-1, 1]`` keeps ``a <= 0 <= b``, so ``Z >= Phi(0) - Phi(a)`` has no cancellation
     for small ``sigma``. Elementwise; call it in float64.
     """
-    entropy, d_log_std = _truncated_entropy_and_slope(log_std, loc)
-    sigma, a, b, pa, pb, z, n = _truncated_parts(log_std, loc)
+    parts = _truncated_parts(log_std, loc)
+    entropy, d_log_std = _entropy_and_slope_of(log_std, parts)
+    sigma, a, b, pa, pb, z, n = parts
     p, m2 = pa - pb, a * a * pa - b * b * pb
     d_loc = ((p + m2) / (2 * z) - n * p / (2 * z * z)) / sigma
     return entropy, d_log_std, d_loc
@@ -625,15 +626,20 @@ def _truncated_entropy_terms(log_std: Tensor, loc: Tensor) -> tuple[Tensor, Tens
 
 def _truncated_entropy_and_slope(log_std: Tensor, loc: Tensor) -> tuple[Tensor, Tensor]:
     """``H`` and ``dH/dlog_std`` of :func:`_truncated_entropy_terms`: what a Newton step needs."""
-    _, a, b, pa, pb, z, n = _truncated_parts(log_std, loc)
+    return _entropy_and_slope_of(log_std, _truncated_parts(log_std, loc))
+
+
+_Parts = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _entropy_and_slope_of(log_std: Tensor, parts: _Parts) -> tuple[Tensor, Tensor]:
+    _, a, b, pa, pb, z, n = parts
     m3 = a**3 * pa - b**3 * pb
     entropy = _GAUSSIAN_UNIT_ENTROPY + log_std + torch.log(z) + n / (2 * z)
     return entropy, 1.0 + (n + m3) / (2 * z) - n * n / (2 * z * z)
 
 
-def _truncated_parts(
-    log_std: Tensor, loc: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _truncated_parts(log_std: Tensor, loc: Tensor) -> _Parts:
     """``sigma``, the standardised ends ``a, b``, ``phi(a), phi(b)``, the mass ``Z`` and ``N``."""
     sigma = log_std.exp()
     a, b = (-1.0 - loc) / sigma, (1.0 - loc) / sigma

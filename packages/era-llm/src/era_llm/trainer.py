@@ -525,6 +525,7 @@ def completion_rows(
     ERA logit scale applied, and whether its group was in the loss (not a top-up group).
     """
     g = cfg.num_generations
+    rewards = groups.rewards.flatten()
     advantages = group_advantages(groups.rewards, cfg.scale_rewards).flatten()
     prompts = tokenizer.batch_decode(groups.prompts, skip_special_tokens=True)
     texts = tokenizer.batch_decode(groups.responses, skip_special_tokens=True)
@@ -532,7 +533,7 @@ def completion_rows(
         {
             "prompt": prompts[j // g],
             "completion": text,
-            "reward": float(groups.rewards.flatten()[j]),
+            "reward": float(rewards[j]),
             "advantage": float(advantages[j]),
             "entropy": float(per_response["entropy"][j]),
             "logit_scale": float(per_response["logit_scale"][j]),
