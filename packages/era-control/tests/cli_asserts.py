@@ -4,8 +4,6 @@ import torch
 
 from era_control import checkpoint
 from era_control.cli import main
-from era_core.cli import LOCK_FILE
-from era_core.testing import folder_digest
 
 
 def exit_code(argv):
@@ -36,8 +34,3 @@ def same_agent(expected_run, run, step):
     for key, value in expected["agent"].items():
         torch.testing.assert_close(actual["agent"][key], value, rtol=0, atol=0, msg=key)
     return expected, actual
-
-
-def run_files(folder):
-    """``folder_digest`` without the lock file, which holds the pid of the last process to run."""
-    return {path: digest for path, digest in folder_digest(folder).items() if path != LOCK_FILE}

@@ -11,10 +11,11 @@ import shutil
 import pytest
 import torch
 import yaml
-from cli_asserts import exit_code, one_line_error, run_files
+from cli_asserts import exit_code, one_line_error
 
 from era_control import checkpoint
 from era_control.cli import build_parser, main
+from era_core.testing import run_digest
 
 TINY = [
     "--env", "Pendulum-v1", "--steps", "120", "--learning-starts", "60", "--eval-every", "120",
@@ -75,11 +76,11 @@ def finished_run(tmp_path_factory):
 
 def _refused(capsys, finished_run, argv, *fragments):
     """``argv`` fails by the convention and leaves ``finished_run`` as it was."""
-    before = run_files(finished_run)
+    before = run_digest(finished_run)
     capsys.readouterr()
     assert exit_code(argv) == 2
     line = one_line_error(capsys, *fragments)
-    assert run_files(finished_run) == before
+    assert run_digest(finished_run) == before
     return line
 
 
@@ -167,10 +168,10 @@ def test_the_numeric_flags_of_other_commands_are_in_the_corpus():
 def test_resume_of_a_run_whose_config_is_not_yaml(tmp_path, capsys, finished_run):
     run = shutil.copytree(finished_run, tmp_path / "run")
     (run / "config.yaml").write_text("env: [Pendulum\n")
-    before = run_files(run)
+    before = run_digest(run)
     assert exit_code(["train", "sac", "--resume", str(run)]) == 2
     one_line_error(capsys, "config.yaml", "YAML")
-    assert run_files(run) == before
+    assert run_digest(run) == before
 
 
 def test_resume_of_a_checkpoint_whose_buffer_exceeds_the_capacity(tmp_path, capsys, finished_run):
@@ -182,7 +183,7 @@ def test_resume_of_a_checkpoint_whose_buffer_exceeds_the_capacity(tmp_path, caps
     torch.save(state, run / "checkpoint.pt")
     saved = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump({**saved, "buffer_size": 100}, sort_keys=False))
-    before = run_files(run)
+    before = run_digest(run)
     assert exit_code(["train", "sac", "--resume", str(run)]) == 2
     one_line_error(capsys, "checkpoint.pt", "capacity of 100")
-    assert run_files(run) == before
+    assert run_digest(run) == before

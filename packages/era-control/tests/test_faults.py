@@ -11,12 +11,12 @@ import typing
 import pytest
 import torch
 import yaml
-from cli_asserts import exit_code, one_line_error, run_files, same_agent
+from cli_asserts import exit_code, one_line_error, same_agent
 
 from era_control import checkpoint, sac
 from era_control.cli import main
 from era_control.runs import ALGORITHMS
-from era_core.testing import failing_torch_save, folder_digest
+from era_core.testing import failing_torch_save, folder_digest, run_digest
 
 TINY = [
     "--env", "Pendulum-v1", "--steps", "120", "--learning-starts", "60", "--eval-every", "120",
@@ -204,11 +204,11 @@ def _fail_at_first_update(monkeypatch):
 def test_a_new_run_that_fails_before_its_first_checkpoint_brings_the_killed_run_back(
     killed, monkeypatch
 ):
-    before = run_files(killed)
+    before = run_digest(killed)
     _fail_at_first_update(monkeypatch)  # step 60, no checkpoint before the end (step 120)
     with pytest.raises(RuntimeError, match="crash in the new run"):
         main(_again(killed))
-    assert run_files(killed) == before
+    assert run_digest(killed) == before
 
 
 def test_the_first_checkpoint_of_the_new_run_deletes_the_killed_run(killed, monkeypatch):

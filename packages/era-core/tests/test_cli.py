@@ -22,7 +22,7 @@ from era_core.cli import (
     report_usage_errors,
     write_atomically,
 )
-from era_core.testing import folder_digest, held_run_dir
+from era_core.testing import folder_digest, held_run_dir, run_digest
 
 
 def _fail() -> int:
@@ -207,11 +207,7 @@ def _old_run(folder: Path) -> dict[str, str]:
     (folder / "metrics.csv").write_text("step,loss\n10,0.5\n")
     (folder / "config.yaml").write_text("lr: 0.001\n")
     (folder / "nohup.log").write_text("the user's own file\n")
-    return _digest(folder)
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {name: h for name, h in folder_digest(folder).items() if name != LOCK_FILE}
+    return run_digest(folder)
 
 
 def _new_run(folder: Path) -> None:
@@ -237,7 +233,7 @@ def test_a_replaced_run_comes_back_when_the_new_one_fails(tmp_path: Path) -> Non
         before = _old_run(tmp_path)
         with pytest.raises(UsageError, match="bad model"):
             _replace(tmp_path, UsageError("bad model"))
-        assert _digest(tmp_path) == before
+        assert run_digest(tmp_path) == before
         assert not (tmp_path / SET_ASIDE_DIR).exists()
 
 
@@ -286,7 +282,7 @@ def test_a_replacement_killed_outright_is_undone_by_the_next_owner(
     assert killed.returncode == -9
     assert (tmp_path / SET_ASIDE_DIR).is_dir()
     with hold_run_dir(tmp_path):
-        assert _digest(tmp_path) == before
+        assert run_digest(tmp_path) == before
     assert "the earlier run's files are back" in capsys.readouterr().err
 
 
@@ -296,7 +292,7 @@ def test_a_kill_while_setting_aside_deletes_nothing_of_the_old_run(tmp_path: Pat
     (tmp_path / SET_ASIDE_DIR / "files").mkdir(parents=True)
     (tmp_path / "checkpoints").rename(tmp_path / SET_ASIDE_DIR / "files" / "checkpoints")
     with hold_run_dir(tmp_path):
-        assert _digest(tmp_path) == before
+        assert run_digest(tmp_path) == before
 
 
 def test_a_failed_move_puts_back_what_had_moved(
@@ -315,5 +311,5 @@ def test_a_failed_move_puts_back_what_had_moved(
         with pytest.raises(PermissionError), replacing_run(tmp_path, RUN_ENTRIES):
             pytest.fail("the block must not run")
         monkeypatch.undo()
-        assert _digest(tmp_path) == before
+        assert run_digest(tmp_path) == before
         assert not (tmp_path / SET_ASIDE_DIR).exists()

@@ -1,6 +1,7 @@
 from importlib import metadata
 
-from era_core.testing import duplicate_distributions, requires_torch
+from era_core.cli import LOCK_FILE
+from era_core.testing import duplicate_distributions, folder_digest, requires_torch, run_digest
 
 
 def _dist_info(root, name, version):
@@ -34,3 +35,13 @@ def test_requires_torch_skips_only_below_the_minimum():
     assert (
         older.args == (True,) and older.kwargs["reason"] == "needs torch >= 999.0: a future feature"
     )
+
+
+def test_run_digest_is_the_folder_digest_but_for_the_lock_file(tmp_path):
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "events").write_bytes(b"e")
+    (tmp_path / "config.yaml").write_text("lr: 1\n")
+    (tmp_path / LOCK_FILE).write_text("1234\n")
+    digest = run_digest(tmp_path)
+    assert digest == {k: v for k, v in folder_digest(tmp_path).items() if k != LOCK_FILE}
+    assert set(digest) == {"config.yaml", "tb/events"}

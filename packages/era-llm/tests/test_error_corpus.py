@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from era_core.testing import folder_digest
+from era_core.testing import run_digest
 from era_llm.cli import main
 from era_llm.config import build_parser
 from era_llm.demo import DemoConfig
@@ -99,10 +99,6 @@ def finished_run(tmp_path_factory, tiny_model_dir, addition_data):
     return run
 
 
-def _run_files(run):
-    return {path: digest for path, digest in folder_digest(run).items() if path != ".lock"}
-
-
 @pytest.mark.parametrize(
     ("command", "field"), [(c, f) for c, fields in NUMERIC.items() for f in fields]
 )
@@ -110,7 +106,7 @@ def test_out_of_range_flag_is_named(
     capsys, tmp_path, finished_run, tiny_model_dir, addition_data, command, field
 ):
     flag = f"--{field.replace('_', '-')}={NOT_MINUS_ONE.get(field, '-1')}"
-    before = _run_files(finished_run)
+    before = run_digest(finished_run)
     if command == "train":
         argv = _train_args(tiny_model_dir, addition_data, finished_run, flag)
     elif command == "eval":
@@ -118,7 +114,7 @@ def test_out_of_range_flag_is_named(
     else:
         argv = ["demo", "--output-dir", str(tmp_path / "demo"), flag]
     _refused(capsys, argv, field)
-    assert _run_files(finished_run) == before
+    assert run_digest(finished_run) == before
     assert not (tmp_path / "demo").exists()
 
 
@@ -182,11 +178,11 @@ def test_bad_train_invocation(capsys, files, tmp_path, tiny_model_dir, addition_
 
 def test_a_refused_setting_leaves_an_existing_run_alone(capsys, finished_run, tiny_model_dir):
     # Another data file for the same folder: refused (not resumed, not overwritten).
-    before = _run_files(finished_run)
+    before = run_digest(finished_run)
     other = finished_run.parent / "other.jsonl"
     other.write_text(json.dumps({"question": "1+1=", "answer": "2"}) + "\n")
     _refused(capsys, _train_args(tiny_model_dir, other, finished_run), "output_dir")
-    assert _run_files(finished_run) == before
+    assert run_digest(finished_run) == before
 
 
 EVAL_CASES = {

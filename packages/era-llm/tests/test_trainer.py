@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny_runs import parity_reward, tiny_train_config
 
-from era_core.testing import failing_torch_save, folder_digest, held_run_dir
+from era_core.testing import failing_torch_save, folder_digest, held_run_dir, run_digest
 from era_llm import rewards, trainer
 from era_llm.checkpoint import latest_checkpoint
 from era_llm.cli import main
@@ -620,16 +620,11 @@ def test_a_template_without_the_prompt_is_refused(tmp_path, capsys, train_argv, 
     assert folder_digest(out) == before
 
 
-def _digest(run):
-    """``folder_digest`` of a run folder without its lock file (it holds the last owner's pid)."""
-    return {name: digest for name, digest in folder_digest(run).items() if name != ".lock"}
-
-
 def test_a_failing_overwrite_leaves_the_old_run_as_it_was(tmp_path, capsys, train_argv, parity):
     out = tmp_path / "run"
     main(train_argv(out, "--max-steps", 1))
     shutil.copyfile(out / "config.yaml", out / "config.step-00000001.yaml")  # an earlier resume's
-    before = _digest(out)
+    before = run_digest(out)
     for extra, message in [
         (["--data", tmp_path / "missing.jsonl"], "data: "),
         (["--model", "/nonexistent/model"], "model: cannot load"),
@@ -638,7 +633,7 @@ def test_a_failing_overwrite_leaves_the_old_run_as_it_was(tmp_path, capsys, trai
     ]:
         stderr = _usage_error(capsys, train_argv(out, "--max-steps", 2, "--overwrite", *extra))
         assert message in stderr
-        assert _digest(out) == before, extra
+        assert run_digest(out) == before, extra
         assert not (out / ".replaced").exists()
 
 
@@ -648,7 +643,7 @@ def test_an_overwrite_failing_before_its_first_checkpoint_restores_the_old_run(
     out = tmp_path / "run"
     train(tiny_train_config(tiny_model_dir, addition_data, out, max_steps=1))
     (out / "config.step-00000001.yaml").write_text("seed: 0\n")
-    before = _digest(out)
+    before = run_digest(out)
 
     def failing_reward(completion, gold, **_):
         # The old run is set aside, and the new one has begun writing.
@@ -660,7 +655,7 @@ def test_an_overwrite_failing_before_its_first_checkpoint_restores_the_old_run(
     overwrite = tiny_train_config(tiny_model_dir, addition_data, out, max_steps=2, overwrite=True)
     with pytest.raises(RuntimeError, match="a crash in the first step"):
         train(overwrite)
-    assert _digest(out) == before and not (out / ".replaced").exists()
+    assert run_digest(out) == before and not (out / ".replaced").exists()
 
     monkeypatch.setitem(rewards.REWARDS, "math-verify", parity_reward)
     train(overwrite)
@@ -701,14 +696,14 @@ def test_a_broken_latest_pointer_is_refused_and_changes_nothing(
     out = tmp_path / "run"
     main(train_argv(out, "--max-steps", 2, "--save-every", 1))
     (out / "checkpoints" / "latest").write_text("step-00000007\n")
-    before = _digest(out)
+    before = run_digest(out)
     for extra in ([], ["--resume", "--max-steps", 3]):
         stderr = _usage_error(capsys, train_argv(out, "--max-steps", 2, "--save-every", 1, *extra))
         assert (
             f"error: resume: '{out / 'checkpoints' / 'latest'}' names 'step-00000007', which is "
             "not a complete checkpoint; the complete ones are step-00000001, step-00000002"
         ) in stderr
-        assert _digest(out) == before
+        assert run_digest(out) == before
     (out / "checkpoints" / "latest").write_text("step-00000001")  # what the error suggests
     main(train_argv(out, "--max-steps", 2, "--save-every", 1))
     assert [row["step"] for row in read_metrics(out / "metrics.csv")] == [1, 2]
@@ -743,7 +738,7 @@ def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, capsys, train_argv, 
     shutil.copyfile(data, other)
     out = tmp_path / "run"
     main(train_argv(out, "--data", data, "--max-steps", 2))
-    before = _digest(out)
+    before = run_digest(out)
     for extra, message in [
         (["--seed", 1], "seed: 0 -> 1 (the random state and the prompt order continue from"),
         (["--data", other], f"data: '{data}' -> '{other}' (the checkpoint's data position"),
@@ -761,7 +756,7 @@ def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, capsys, train_argv, 
         assert message in stderr
         if " -> " in message:  # a field the checkpoint fixes
             assert "cannot change in a run with a checkpoint; keep the saved value" in stderr
-        assert _digest(out) == before, extra
+        assert run_digest(out) == before, extra
 
 
 def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(

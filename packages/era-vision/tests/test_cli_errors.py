@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from era_core.cli import SET_ASIDE_DIR, UsageError
-from era_core.testing import failing_torch_save, folder_digest, held_run_dir
+from era_core.testing import failing_torch_save, folder_digest, held_run_dir, run_digest
 from era_vision.cli import main
 from era_vision.models import register_model
 
@@ -57,11 +57,6 @@ def _image_run_args(tmp_path: Path) -> tuple[list[str], Path]:
     args += ["--warmup-epochs", "0", "--epochs", "2", "--log-every", "1"]
     args += ["--calibration-holdout", "0"]  # 5% of 8 images is none
     return args, run
-
-
-def _run_files(run: Path) -> dict[str, str]:
-    """The run folder's digest, but for the lock file (which holds the last owner's pid)."""
-    return {name: digest for name, digest in folder_digest(run).items() if name != ".lock"}
 
 
 def _eval_rows(capsys, run: Path) -> str:
@@ -137,10 +132,10 @@ def test_another_recipe_in_an_existing_out(tmp_path, capsys):
     args = ["train", *TINY, "--epochs", "1", "--out", str(run)]
     assert main([*args, "--model", "mlp"]) == 0
     capsys.readouterr()
-    before = _run_files(run)
+    before = run_digest(run)
     line = _error_line(capsys, [*args, "--model", "resnet_narrow", "--regularizer", "era"])
     assert "model='mlp' -> 'resnet_narrow'" in line and "regularizer='ce' -> 'era'" in line
-    assert _run_files(run) == before
+    assert run_digest(run) == before
 
 
 def test_test_only_without_resume_is_refused(tmp_path, capsys):
@@ -156,13 +151,13 @@ def test_a_resume_to_below_the_checkpoint_step_is_refused(tmp_path, capsys):
     args = ["train", *TINY, "--model", "mlp", "--epochs", "2", "--out", str(run)]
     assert main([*args, "--max-steps", "3"]) == 0
     capsys.readouterr()
-    before = _run_files(run)
+    before = run_digest(run)
     # It used to exit 0 with max_steps: 2 in config.yaml beside a checkpoint of step 3.
     assert _error_line(capsys, [*args, "--max-steps", "2"]) == (
         f"error: --max-steps 2 is below the step of {run / 'checkpoint.pt'}, 3: the run is past "
         "it (give 3 or more, or --no-resume to start over)"
     )
-    assert _run_files(run) == before
+    assert run_digest(run) == before
     assert main([*args, "--max-steps", "3"]) == 0  # the paused run's own step: a rerun
 
 
@@ -250,7 +245,7 @@ def test_a_restart_that_fails_leaves_the_old_run_as_it_was(tmp_path, capsys, fai
     args, run = _image_run_args(tmp_path)
     assert main(args) == 0
     rows = _eval_rows(capsys, run)
-    before = _run_files(run)
+    before = run_digest(run)
     restart = [*args, "--no-resume", "--lr", "0.05"]
     if failure == "corrupt image":  # read in the first batch, after the new run's first write
         bad = tmp_path / "data" / "train" / "dog" / "1.png"
@@ -262,7 +257,7 @@ def test_a_restart_that_fails_leaves_the_old_run_as_it_was(tmp_path, capsys, fai
     else:
         assert "unknown model" in _error_line(capsys, [*restart, "--model", "resnet_nope"])
     # A new config.yaml beside the old checkpoint made eval read a mix of the two runs.
-    assert _run_files(run) == before
+    assert run_digest(run) == before
     assert _eval_rows(capsys, run) == rows
 
 
@@ -293,7 +288,7 @@ def test_a_killed_restart_is_undone_by_the_next_train(tmp_path, capsys):
     args, run = _image_run_args(tmp_path)
     assert main(args) == 0
     rows = _eval_rows(capsys, run)
-    before = _run_files(run)
+    before = run_digest(run)
     # An image the restart blocks on when it reads it, in its first epoch: before any
     # checkpoint, after it set the old run aside and wrote its own config.yaml.
     fifo = tmp_path / "data" / "train" / "dog" / "1.png"
@@ -330,20 +325,20 @@ def test_a_killed_restart_is_undone_by_the_next_train(tmp_path, capsys):
             proc.kill()
             unblock.join()
     fifo.unlink()
-    assert (run / SET_ASIDE_DIR).is_dir() and _run_files(run) != before
-    after_kill = _run_files(run)
+    assert (run / SET_ASIDE_DIR).is_dir() and run_digest(run) != before
+    after_kill = run_digest(run)
     line = _error_line(capsys, ["eval", str(run), "--device", "cpu"])
     assert line == (
         f"error: run={str(run)!r} is being replaced: {SET_ASIDE_DIR}/ holds the earlier run "
         "until the training that started over there checkpoints, or, if that training was "
         "killed, until the next era-vision train there restores it (command line)"
     )
-    assert _run_files(run) == after_kill
+    assert run_digest(run) == after_kill
     # The next train takes the folder and restores the old run, then refuses a changed recipe.
     assert main([*args, "--lr", "0.2"]) == 2
     err = capsys.readouterr().err
     assert "the earlier run's files are back" in err and "lr=0.1 -> 0.2" in err
-    assert _run_files(run) == before
+    assert run_digest(run) == before
     assert _eval_rows(capsys, run) == rows
 
 

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from era_core.testing import folder_digest
+from era_core.testing import run_digest
 from era_vision.cli import build_parser, main
 
 TINY = ["--data", "digits", "--train-subset", "64", "--batch-size", "32", "--device", "cpu"]
@@ -67,15 +67,11 @@ def finished_run(tmp_path_factory):
     return run
 
 
-def _run_files(run):
-    return {path: digest for path, digest in folder_digest(run).items() if path != ".lock"}
-
-
 @pytest.mark.parametrize(
     ("command", "field"), [(c, f) for c, fields in NUMERIC.items() for f in fields]
 )
 def test_out_of_range_flag_is_named(capsys, tmp_path, finished_run, command, field):
-    before = _run_files(finished_run)
+    before = run_digest(finished_run)
     flag = f"--{field.replace('_', '-')}=-1"
     target = {
         "train": ["--out", str(finished_run), *TINY],
@@ -83,7 +79,7 @@ def test_out_of_range_flag_is_named(capsys, tmp_path, finished_run, command, fie
         "demo": ["--out", str(tmp_path / "demo")],
     }[command]
     _refused(capsys, [command, *target, flag], field)
-    assert _run_files(finished_run) == before
+    assert run_digest(finished_run) == before
     assert not (tmp_path / "demo").exists()
 
 
@@ -120,7 +116,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_invocation(capsys, files, finished_run, case):
-    before = _run_files(finished_run)
+    before = run_digest(finished_run)
     argv, fragments = CASES[case]
     argv = [arg.format(tmp=files) for arg in argv]
     if argv[0] == "train" and "--out" not in argv:
@@ -128,12 +124,12 @@ def test_bad_invocation(capsys, files, finished_run, case):
     _refused(
         capsys, [*argv, *(TINY if argv[0] == "train" and "--data" not in argv else [])], *fragments
     )
-    assert _run_files(finished_run) == before
+    assert run_digest(finished_run) == before
 
 
 def test_eval_of_a_run_whose_config_is_not_yaml(capsys, tmp_path, finished_run):
     run = shutil.copytree(finished_run, tmp_path / "run")
     (run / "config.yaml").write_text("epochs: [1\n")
-    before = _run_files(run)
+    before = run_digest(run)
     _refused(capsys, ["eval", str(run)], "config.yaml")
-    assert _run_files(run) == before
+    assert run_digest(run) == before

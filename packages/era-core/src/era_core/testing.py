@@ -17,6 +17,8 @@ from typing import IO, TYPE_CHECKING, Any, Literal, cast
 import torch
 from torch.torch_version import TorchVersion
 
+from era_core.cli import LOCK_FILE
+
 if TYPE_CHECKING:
     import pytest
 
@@ -29,6 +31,7 @@ __all__ = [
     "held_run_dir",
     "help_text",
     "requires_torch",
+    "run_digest",
 ]
 
 
@@ -131,6 +134,11 @@ def folder_digest(folder: str | os.PathLike[str]) -> dict[str, str]:
         for file in sorted(root.rglob("*"))
         if file.is_file()
     }
+
+
+def run_digest(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """:func:`folder_digest` of a run folder without its lock file, which names the last owner's pid."""
+    return {path: digest for path, digest in folder_digest(folder).items() if path != LOCK_FILE}
 
 
 @contextlib.contextmanager
