@@ -283,10 +283,12 @@ def test_train_smoke(tmp_path, flags):
     assert {"charts/episodic_return", "eval/return", "loss/policy", "loss/value",
             "entropy/gaussian", "ppo/approx_kl", "charts/sps"} <= keys  # fmt: skip
     era = "--no-era" not in flags
-    assert ("era/delta" in keys) == era
+    assert ("era/delta" in keys) == ("entropy/target" in keys) == era
     if era:  # the states of the real rollouts kept the floor too (H0 = 0.25 nats, one action dim)
         rows = read_metrics(run_dir / "metrics.csv")
         assert all(v >= 0.25 - 1e-5 for _, _, k, v in rows if k == "entropy/gaussian")
+        floor = [v for _, _, k, v in rows if k == "entropy/target"]
+        assert min(floor) >= 0.25 - 1e-6  # H0 + delta, delta >= 0
     state = checkpoint.load(run_dir / "checkpoint.pt")
     assert state["step"] == 128 and state["iteration"] == 2
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -460,6 +460,7 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
     out["ppo/explained_variance"] = 1.0 - residual / batch.ret.var(-1)
     if cfg.era:
         out["era/delta"] = agent.delta.delta.detach()
+        out["entropy/target"] = agent.era_target().squeeze(-1).detach()  # the floor H0 + delta
     return out
 
 
