@@ -13,13 +13,9 @@ The two differ only in the entropy mechanism (method.md §1):
 Networks, replay, schedule and evaluation are shared, so runs differ only where they should.
 """
 
-import contextlib
 import copy
 import dataclasses
 import math
-import shutil
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -29,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from era_control import checkpoint, envs, rng
+from era_control import envs, offpolicy, rng
 from era_control.buffers import ReplayBuffer, Transition
-from era_control.config import RunConfig, help_field, to_dict
+from era_control.config import RunConfig, help_field
 from era_control.distributions import (
     DISTRIBUTIONS,
     DistributionName,
@@ -44,9 +40,7 @@ from era_control.entropy_floor import (
     SAC_TARGET_PER_DIM,
     check_target_entropy,
 )
-from era_control.logging import Logger, progress_bar
 from era_control.networks import EnsembleMLP
-from era_core.cli import UsageError
 from era_core.functional import (
     gaussian_era,
     truncated_gaussian_era,
@@ -295,6 +289,29 @@ class SAC(nn.Module):
         pi = self.policy(obs.unsqueeze(1))
         return (pi.mode() if deterministic else pi.sample(self.generators).action).squeeze(1)
 
+    def explore(self, obs: Tensor, first: Tensor) -> Tensor:
+        """An exploring action per seed (``first`` is unused: SAC keeps nothing across steps)."""
+        return self.act(obs)
+
+    def updates_due(self, step: int, stored: int) -> int:
+        """Gradient updates after env step ``step``: from ``learning_starts`` on, once a batch is stored."""
+        ready = step >= self.cfg.learning_starts and stored >= self.cfg.batch_size
+        return self.cfg.updates_per_step if ready else 0
+
+    def learn(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
+        """One :meth:`update` on a batch drawn from ``buffer`` with the seeds' generators."""
+        return self.update(buffer.sample(self.cfg.batch_size, self.generators))
+
+    def evaluation_policy(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The deterministic policy ``obs (seeds, obs_dim) -> tanh(mean)``."""
+        device = next(self.actor.parameters()).device
+
+        def policy(observation: np.ndarray) -> np.ndarray:
+            obs = torch.as_tensor(observation, device=device)
+            return self.act(obs, deterministic=True).cpu().numpy()
+
+        return policy
+
     def update(self, batch: Transition) -> dict[str, Tensor]:
         """One gradient step of critics, actor, entropy controller and targets.
 
@@ -378,15 +395,6 @@ def saturated_fraction(mean: Tensor) -> Tensor:
     return (torch.tanh(mean).abs() > SATURATION).float().mean(dim=(1, 2))
 
 
-def _deterministic(agent: SAC, device: torch.device) -> Any:
-    def policy(observation: np.ndarray) -> np.ndarray:
-        return (
-            agent.act(torch.as_tensor(observation, device=device), deterministic=True).cpu().numpy()
-        )
-
-    return policy
-
-
 def _descend(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -406,47 +414,11 @@ def build(
 
 
 def resolve_save_buffer(cfg: SACConfig, obs_dim: int, action_dim: int) -> SACConfig:
-    """``cfg`` with ``save_buffer`` decided, before a new run writes anything.
-
-    The default saves the buffer (an exact resume) whenever it fits in the free space of
-    ``--out`` twice: a checkpoint is written beside the previous one, then renamed over it.
-    Prints the buffer's size in checkpoints, or a warning when resumes will be approximate.
-
-    Raises:
-        UsageError: ``--save-buffer`` was asked for and the buffer does not fit.
-    """
-    size = ReplayBuffer.stored_bytes(
-        min(cfg.buffer_size, cfg.steps), cfg.seeds, obs_dim, action_dim
+    """``cfg`` with ``save_buffer`` decided from the replay buffer's size (``offpolicy.resolve_save_buffer``)."""
+    capacity = min(cfg.buffer_size, cfg.steps)
+    return offpolicy.resolve_save_buffer(
+        cfg, ReplayBuffer.stored_bytes(capacity, cfg.seeds, obs_dim, action_dim)
     )
-    out = Path(cfg.out).absolute()
-    existing = next(p for p in (out, *out.parents) if p.exists())  # --out may not exist yet
-    free = shutil.disk_usage(existing).free
-    fits = 2 * size <= free
-    where = f"{_bytes(size)} per checkpoint, {_bytes(free)} free on --out {cfg.out!r}"
-    if cfg.save_buffer and not fits:
-        raise UsageError(
-            f"--save-buffer true: the replay buffer does not fit twice ({where}); free space, "
-            "lower --buffer-size, or pass --save-buffer false (resumes then are approximate)"
-        )
-    if cfg.save_buffer is None:
-        cfg = dataclasses.replace(cfg, save_buffer=fits)
-    if cfg.save_buffer:
-        print(f"replay buffer in checkpoints: {_bytes(size)} (--save-buffer true)")
-    else:
-        why = "--save-buffer false" if fits else f"it does not fit twice ({where})"
-        print(
-            f"warning: checkpoints leave the {_bytes(size)} replay buffer out ({why}): a "
-            "--resume refills it from scratch and will not reproduce an uninterrupted run",
-            file=sys.stderr,
-        )
-    return cfg
-
-
-def _bytes(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 def train(
@@ -462,121 +434,17 @@ def train(
     parameters equal those of an uninterrupted run (when the checkpoints hold the replay
     buffer: ``save_buffer``). ``on_checkpoint`` is called after every checkpoint written.
     """
-    run_dir = Path(run_dir)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = cfg.torch_device()
-    seeds = cfg.seed_list()
-    agent, train_envs, gens = build(cfg, device)
-    obs_dim, action_dim = agent.obs_dim, agent.action_dim
+    agent, train_envs, _ = build(cfg, device)
     if cfg.save_buffer is None:  # called without runs.start_run, which decides it
-        cfg = resolve_save_buffer(cfg, obs_dim, action_dim)
-    buffer = ReplayBuffer(min(cfg.buffer_size, cfg.steps), cfg.seeds, obs_dim, action_dim, device)
-    step, episode_return, episode_length = 0, np.zeros(cfg.seeds), np.zeros(cfg.seeds, dtype=int)
-    if resume:
-        state = checkpoint.load(run_dir / "checkpoint.pt")  # RNG states must stay on the CPU
-        saved = state["buffer"]["size"] if state["buffer"] is not None else 0
-        if saved > buffer.capacity:
-            raise UsageError(
-                f"{str(run_dir / 'checkpoint.pt')!r} holds {saved} transitions per seed, more "
-                f"than this run's replay capacity of {buffer.capacity} (buffer_size, capped at "
-                "steps): it is not this run's checkpoint"
-            )
-        step, obs = state["step"], state["obs"]
-        episode_return, episode_length = state["episode_return"], state["episode_length"]
-        agent.load_state_dict(state["agent"])
-        agent.load_optimizer_state(state["optimizers"])
-        for gen, gen_state in zip(gens, state["generators"], strict=True):
-            gen.set_state(gen_state)
-        rng.set_global_state(state["global_rng"])
-        notes = {}  # what this resume cannot restore, for run.yaml
-        if state["buffer"] is not None:
-            buffer.load_state_dict(state["buffer"])
-        else:
-            notes["replay_buffer"] = (
-                "replay buffer not in the checkpoint (save_buffer: false): refilled from "
-                "scratch, so this run no longer reproduces an uninterrupted one"
-            )
-        train_envs.close()
-        restored = envs.restore_envs(state["envs"], cfg.env, cfg.seeds, [s + step for s in seeds])
-        train_envs = restored.envs
-        if restored.note is not None:
-            notes["env_state"] = restored.note
-        if notes:
-            checkpoint.note_resume(run_dir, step, **notes)
-        for note in notes.values():
-            print(f"warning: {note}", file=sys.stderr)
-        if restored.obs is not None:  # fresh episodes
-            obs, episode_return[:], episode_length[:] = restored.obs, 0.0, 0
-    else:
-        obs, _ = train_envs.reset(seed=seeds)
-    eval_envs = envs.make_vector_env(cfg.env, cfg.seeds)
-    logger = Logger(
-        run_dir, seeds, resume_step=step if resume else None, tensorboard=cfg.tensorboard
+        cfg = resolve_save_buffer(cfg, agent.obs_dim, agent.action_dim)
+    capacity = min(cfg.buffer_size, cfg.steps)
+    buffer = ReplayBuffer(capacity, cfg.seeds, agent.obs_dim, agent.action_dim, device)
+    return offpolicy.train(
+        cfg, "sac", Path(run_dir), resume, on_checkpoint, agent, buffer, train_envs
     )
-
-    def save() -> None:
-        checkpoint.save(run_dir / "checkpoint.pt", {
-            "step": step, "obs": obs, "episode_return": episode_return, "episode_length": episode_length,
-            "agent": agent.state_dict(), "optimizers": agent.optimizer_state(),
-            "generators": [g.get_state() for g in gens], "global_rng": rng.global_state(),
-            "buffer": buffer.state_dict() if cfg.save_buffer else None,
-            "envs": envs.snapshot_envs(train_envs), "config": to_dict(cfg),
-        })  # fmt: skip
-        if on_checkpoint is not None:
-            on_checkpoint()
-
-    policy = _deterministic(agent, device)
-    metrics: dict[str, Tensor] = {}
-    last_eval, log_time, log_step = float("nan"), time.perf_counter(), step
-    # The log is closed however the loop ends (a crash included).
-    with (
-        contextlib.closing(logger),
-        checkpoint.StopSignal() as stop,
-        progress_bar(cfg.steps, step, run_dir.name) as bar,
-    ):
-        while step < cfg.steps and not stop.requested:
-            if step < cfg.learning_starts:  # uniform warm-up actions, from each seed's generator
-                action = rng.rand(gens, (action_dim,), device) * 2.0 - 1.0
-            else:
-                action = agent.act(torch.as_tensor(obs, device=device))
-            action = action.cpu().numpy()
-            next_obs, reward, terminated, truncated, info = train_envs.step(action)
-            done = terminated | truncated
-            real_next = envs.final_observations(next_obs, done, info)
-            buffer.add(obs, action, reward, real_next, terminated)
-            obs, step = next_obs, step + 1
-            episode_return += reward
-            episode_length += 1
-            if done.any():
-                finished = np.flatnonzero(done)
-                logger.log(step, {"charts/episodic_return": episode_return[finished],
-                                  "charts/episodic_length": episode_length[finished]}, finished)  # fmt: skip
-                episode_return[finished], episode_length[finished] = 0.0, 0
-
-            if step >= cfg.learning_starts and len(buffer) >= cfg.batch_size:
-                for _ in range(cfg.updates_per_step):
-                    metrics = agent.update(buffer.sample(cfg.batch_size, gens))
-            if step % cfg.log_every == 0:
-                now = time.perf_counter()  # env steps/s per seed since the last log row
-                logger.log(step, {**metrics, "charts/sps": (step - log_step) / (now - log_time)})
-                log_time, log_step = now, step
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                returns = envs.evaluate(
-                    policy, eval_envs, [s + 100_000 for s in seeds], cfg.eval_episodes
-                )
-                logger.log(step, {"eval/return": returns})
-                last_eval = float(returns.mean())
-            if step % cfg.checkpoint_every == 0:
-                save()
-            bar.update(1)
-            bar.set_postfix(eval_return=f"{last_eval:.1f}", refresh=False)
-        save()  # the final state, or where a signal stopped the loop
-    eval_envs.close()
-    train_envs.close()
-    if stop.requested:
-        print(f"stopped at step {step}; resume with: era-control train sac --resume {run_dir}")
-    return stop.exit_code
 
 
 def evaluation_policy(cfg: SACConfig, state: dict[str, Any], device: torch.device) -> Any:
@@ -584,5 +452,4 @@ def evaluation_policy(cfg: SACConfig, state: dict[str, Any], device: torch.devic
     agent, train_envs, _ = build(cfg, device)
     train_envs.close()
     agent.load_state_dict(state["agent"])
-
-    return _deterministic(agent, device)
+    return agent.evaluation_policy()
