@@ -1,4 +1,7 @@
-"""Assertions on the ``era-control`` command line shared by the CLI, PPO and fault tests."""
+"""Assertions on the ``era-control`` command line shared by the CLI, PPO, TD-MPC2 and fault tests."""
+
+import os
+import signal
 
 import torch
 
@@ -34,3 +37,18 @@ def same_agent(expected_run, run, step):
     for key, value in expected["agent"].items():
         torch.testing.assert_close(actual["agent"][key], value, rtol=0, atol=0, msg=key)
     return expected, actual
+
+
+class InterruptAfter(checkpoint.StopSignal):
+    """Sends the process a real SIGINT when the training loop checks the flag for the n-th time."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self.checks = checks
+
+    @property
+    def requested(self) -> bool:
+        self.checks -= 1
+        if self.checks == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().requested

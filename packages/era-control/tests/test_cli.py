@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import yaml
-from cli_asserts import exit_code, one_line_error, same_agent
+from cli_asserts import InterruptAfter, exit_code, one_line_error, same_agent
 
 from era_control import checkpoint
 from era_control.cli import main
@@ -158,21 +158,6 @@ def test_extension_is_refused_below_the_steps_done_and_for_ppo(tmp_path, capsys)
     capsys.readouterr()
     assert exit_code(["train", "ppo", "--resume", str(tmp_path / "ppo"), "--steps", "128"]) == 2
     one_line_error(capsys, "--steps cannot change on --resume of a ppo run")
-
-
-class InterruptAfter(checkpoint.StopSignal):
-    """Sends the process a real SIGINT when the training loop checks the flag for the n-th time."""
-
-    def __init__(self, checks: int) -> None:
-        super().__init__()
-        self.checks = checks
-
-    @property
-    def requested(self) -> bool:
-        self.checks -= 1
-        if self.checks == 0:
-            os.kill(os.getpid(), signal.SIGINT)
-        return super().requested
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

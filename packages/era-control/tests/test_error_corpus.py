@@ -40,6 +40,17 @@ FIELD_CASES = {
         "clip_coef": "0", "vf_coef": "-1", "max_grad_norm": "0", "clip_obs": "0",
         "clip_reward": "0",
     },
+    "tdmpc2": {
+        "steps": "0", "seeds": "0", "seed": "-1", "eval_every": "0", "eval_episodes": "0",
+        "log_every": "0", "checkpoint_every": "0", "threads": "0", "target_entropy": "1e9",
+        "horizon": "0", "iterations": "0", "num_samples": "0", "num_elites": "0",
+        "num_pi_trajs": "-1", "min_std": "0", "max_std": "0.01", "temperature": "0",
+        "simnorm_dim": "0", "num_bins": "1", "vmin": "10", "vmax": "-10", "dropout": "1",
+        "log_std_min": "3", "log_std_max": "-1e9", "entropy_coef": "-1", "lr": "0",
+        "enc_lr_scale": "0", "grad_clip_norm": "0", "rho": "0", "consistency_coef": "0",
+        "reward_coef": "-1", "value_coef": "-1", "tau": "0", "discount": "1", "batch_size": "0",
+        "buffer_size": "1", "learning_starts": "1",
+    },
 }  # fmt: skip
 # The other subcommands' numeric flags, each with a bad value (the corpus below uses them).
 OTHER_NUMERIC = {("eval", "episodes"): "0", ("demo", "steps"): "1", ("demo", "seeds"): "0"}

@@ -1,7 +1,7 @@
 import torch
 
 from era_control import rng
-from era_control.networks import EnsembleLinear, EnsembleMLP
+from era_control.networks import EnsembleLinear, EnsembleMLP, clip_grad_norm_per_seed_
 
 
 def test_linear_matches_per_member_matmul():
@@ -31,3 +31,25 @@ def test_members_do_not_exchange_gradients():
         assert p.grad[0].abs().sum() == 0 and p.grad[2].abs().sum() == 0, name
         assert p.grad[1].abs().sum() > 0, name
     assert x.grad[0].abs().sum() == 0 and x.grad[1].abs().sum() > 0
+
+
+def test_gradient_clipping_is_per_seed():
+    weight = torch.nn.Parameter(torch.zeros(3, 2, 2))
+    bias = torch.nn.Parameter(torch.zeros(3, 1, 2))
+    weight.grad = torch.tensor([3.0, 0.1, 30.0]).view(3, 1, 1).expand(3, 2, 2).clone()
+    bias.grad = torch.zeros(3, 1, 2)
+    norms = clip_grad_norm_per_seed_([weight, bias], max_norm=1.0, seeds=3)
+    torch.testing.assert_close(norms, torch.tensor([6.0, 0.2, 60.0]))
+    after = torch.linalg.vector_norm(weight.grad.flatten(1), dim=1)
+    torch.testing.assert_close(after, torch.tensor([1.0, 0.2, 1.0]), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_clipping_groups_a_seeds_members():
+    # Two seeds with two members each (e.g. Q heads): a seed's norm spans both its members.
+    weight = torch.nn.Parameter(torch.zeros(4, 1, 1))
+    weight.grad = torch.tensor([3.0, 4.0, 0.3, 0.4]).view(4, 1, 1).clone()
+    norms = clip_grad_norm_per_seed_([weight], max_norm=1.0, seeds=2)
+    torch.testing.assert_close(norms, torch.tensor([5.0, 0.5]))
+    torch.testing.assert_close(
+        weight.grad.flatten(), torch.tensor([0.6, 0.8, 0.3, 0.4]), rtol=1e-5, atol=1e-6
+    )

@@ -4,6 +4,7 @@
 sub-trajectories of consecutive transitions of one episode (TD-MPC2).
 """
 
+import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -226,7 +227,13 @@ class SequenceReplayBuffer(ReplayBuffer):
         starts = []
         for seed, gen in enumerate(generators):
             start = torch.randint(self.size, (batch_size,), generator=gen, device=self.device)
-            while not (whole := self._whole(start, seed)).all():
+            for rounds in itertools.count(1):
+                if (whole := self._whole(start, seed)).all():
+                    break
+                if rounds % 64 == 0 and not self._whole(torch.arange(self.size, device=self.device), seed).any():  # fmt: skip
+                    raise RuntimeError(
+                        f"seed {seed}: no episode of {self.length} transitions stored yet"
+                    )
                 redraw = ~whole
                 start[redraw] = torch.randint(
                     self.size, (int(redraw.sum()),), generator=gen, device=self.device

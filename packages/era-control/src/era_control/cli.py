@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``era-control`` argument parser."""
     parser = ArgumentParser(
         prog="era-control",
-        description="ERA for continuous control (SAC-ERA vs SAC, PPO-ERA vs PPO).",
+        description="ERA for continuous control (SAC-ERA vs SAC, PPO-ERA vs PPO, TD-MPC2-ERA vs TD-MPC2).",
     )
     _add_debug(parser)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -298,7 +298,9 @@ def evaluate(
     reproducible and never touch the training envs or generators.
 
     Args:
-        policy: Maps a batch of observations ``(num_envs, obs_dim)`` to actions in ``[-1, 1]``.
+        policy: Maps a batch of observations ``(num_envs, obs_dim)`` to actions in ``[-1, 1]``;
+            a policy with a ``reset()`` method (a planner that warm-starts from its last
+            plan) is reset whenever the envs start their episodes.
         envs: A vector env from :func:`make_vector_env`, used for evaluation only.
         seeds: One base reset seed per env.
         episodes: Episodes per env.
@@ -306,6 +308,8 @@ def evaluate(
     returns = np.zeros((episodes, envs.num_envs))
     for k in range(episodes):
         obs, _ = envs.reset(seed=[int(s) + k for s in seeds])
+        if (reset := getattr(policy, "reset", None)) is not None:
+            reset()
         running = np.ones(envs.num_envs, dtype=bool)
         while running.any():
             obs, reward, terminated, truncated, _ = envs.step(policy(obs))

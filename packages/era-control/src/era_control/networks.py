@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "EnsembleLayerNorm", "EnsembleLinear", "EnsembleMLP"]
+__all__ = [
+    "ACTIVATIONS",
+    "EnsembleLayerNorm",
+    "EnsembleLinear",
+    "EnsembleMLP",
+    "clip_grad_norm_per_seed_",
+]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
 
@@ -107,3 +113,21 @@ class EnsembleMLP(nn.Sequential):
             width = size
         layers.append(EnsembleLinear(generators, width, out_features, device))
         super().__init__(*layers)
+
+
+def clip_grad_norm_per_seed_(params: Sequence[Tensor], max_norm: float, seeds: int) -> Tensor:
+    """``clip_grad_norm_`` for each seed separately; returns the per-seed norms before clipping.
+
+    Every parameter's leading axis holds the members of all seeds, seed-major (a seed may own
+    several consecutive members, e.g. its Q heads).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.cat([g.reshape(seeds, -1) for g in grads], dim=1).norm(dim=1)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    # One foreach call, as torch's own clip_grad_norm_ does (updates are dispatch-bound at
+    # these sizes); torch has no public name for its foreach ops, hence the ignore.
+    scales = [
+        scale.repeat_interleave(g.shape[0] // seeds).view(-1, *[1] * (g.dim() - 1)) for g in grads
+    ]
+    torch._foreach_mul_(grads, scales)  # pyright: ignore[reportPrivateImportUsage]
+    return norms

@@ -40,7 +40,7 @@ from era_control.entropy_floor import (
     delta_tuner,
 )
 from era_control.logging import Logger, progress_bar
-from era_control.networks import EnsembleLinear, EnsembleMLP
+from era_control.networks import EnsembleLinear, EnsembleMLP, clip_grad_norm_per_seed_
 from era_control.normalize import RewardScaler, RunningMeanStd
 from era_core.entropy import gaussian_entropy
 from era_core.nn import GaussianERA
@@ -370,18 +370,6 @@ def gae(
     return advantage, advantage + value
 
 
-def _clip_grad_norm_per_seed_(params: Sequence[Tensor], max_norm: float) -> Tensor:
-    """``clip_grad_norm_`` for each ensemble member separately (leading axis); returns the norms."""
-    grads = [p.grad for p in params if p.grad is not None]
-    norms = torch.cat([g.flatten(1) for g in grads], dim=1).norm(dim=1)
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    # One foreach call, as torch's own clip_grad_norm_ does (the update is dispatch-bound);
-    # torch has no public name for its foreach ops, hence the ignore.
-    scales = [scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
-    torch._foreach_mul_(grads, scales)  # pyright: ignore[reportPrivateImportUsage]
-    return norms
-
-
 _METRICS = ("loss/policy", "loss/value", "entropy/gaussian", "entropy/policy", "ppo/approx_kl", "ppo/clipfrac", "ppo/grad_norm")  # fmt: skip
 
 
@@ -437,7 +425,7 @@ def update(agent: PPO, batch: Rollout, lr: float) -> dict[str, Tensor]:
                 loss = loss - cfg.ent_coef * entropy.mean(-1)
             agent.opt.zero_grad(set_to_none=True)
             loss.sum().backward()
-            grad_norm = _clip_grad_norm_per_seed_(params, cfg.max_grad_norm)
+            grad_norm = clip_grad_norm_per_seed_(params, cfg.max_grad_norm, len(agent.generators))
             agent.opt.step()
 
             # ERA's delta grows while the executed policy's entropy is below H0 (as SAC-ERA).

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import yaml
 
-from era_control import checkpoint, config, envs, ppo, sac
+from era_control import checkpoint, config, envs, ppo, sac, tdmpc2
 from era_control.logging import METRICS_FILE
 from era_core.cli import UsageError, hold_run_dir, replacing_run
 
@@ -55,6 +55,15 @@ ALGORITHMS: dict[str, Algorithm] = {
     ),
     # PPO's learning-rate annealing spans the whole budget.
     "ppo": Algorithm(ppo.PPOConfig, ppo.PRESETS, ppo.train, ppo.evaluation_policy, False),
+    # learning_starts' burst of updates and the schedule are budget-independent.
+    "tdmpc2": Algorithm(
+        tdmpc2.TDMPC2Config,
+        tdmpc2.PRESETS,
+        tdmpc2.train,
+        tdmpc2.evaluation_policy,
+        True,
+        tdmpc2.resolve_save_buffer,
+    ),
 }
 
 RUN_ENTRIES = ("config.yaml", "run.yaml", METRICS_FILE, "tb", "checkpoint.pt", "eval.json")
