@@ -9,6 +9,7 @@ run of the longer budget).
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,6 +28,15 @@ from era_control.runs import ALGORITHMS
 REPO = Path(__file__).resolve().parents[3]
 # Student-t 0.975 quantiles by degrees of freedom (the normal's 1.96 beyond the table).
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def default_runs_root() -> Path:
+    """Where long benchmarks keep run folders unless told: ``$ERA_BENCH_RUNS`` or a cache folder.
+
+    Outside any work tree, so that a later invocation (another clone, another session on the
+    same machine) finds and resumes them.
+    """
+    return Path(os.environ.get("ERA_BENCH_RUNS", "~/.cache/era-control/benchmarks")).expanduser()
 
 
 def run_dir(out: Path, task: str, arm: str, steps: int) -> Path:

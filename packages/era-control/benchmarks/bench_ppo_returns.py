@@ -20,13 +20,21 @@ re-running resumes unfinished runs from their checkpoints and skips finished one
 """
 
 import argparse
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _runs import command, eval_curves, paired_difference, run_all, run_dir, steps_done, write_json
+from _runs import (
+    command,
+    default_runs_root,
+    eval_curves,
+    paired_difference,
+    run_all,
+    run_dir,
+    steps_done,
+    write_json,
+)
 
 from era_control.envs import env_dims
 
@@ -43,11 +51,6 @@ BASELINE = "PPO"
 # MuJoCo v1 tasks): a fixed, external scale for the normalised score.
 REFERENCE = {"Hopper-v5": 3564.07, "HalfCheetah-v5": 9636.95, "Walker2d-v5": 4682.82, "Ant-v5": 4372.44}  # fmt: skip
 REFERENCE_SOURCE = "TD3, Fujimoto et al. 2018, Table 1 (1M steps, v1 tasks)"
-
-
-def default_runs() -> Path:
-    """Where run folders live when ``--runs`` is not given: outside any work tree."""
-    return Path(os.environ.get("ERA_BENCH_RUNS", "~/.cache/era-control/benchmarks")).expanduser()
 
 
 def budgets_found(root: Path) -> list[int]:
@@ -188,7 +191,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=50_000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one per core)")
-    parser.add_argument("--runs", type=Path, default=default_runs(), help="root of the run folders (outside the work tree)")  # fmt: skip
+    parser.add_argument("--runs", type=Path, default=default_runs_root(), help="root of the run folders (outside the work tree)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNGs go")
     parser.add_argument("--report-only", action="store_true", help="only tabulate what exists")
     parser.add_argument("extra", nargs="*", help="extra flags for every run, after --")
