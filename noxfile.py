@@ -47,6 +47,9 @@ GPU_BENCHMARKS: dict[str, list[tuple[str, ...]]] = {
     "era-control": [
         ("bench_throughput.py", "--device", "cuda", "--ensemble", "8", "32", "--skip-sb3",
          "--warmup", "200", "--steps", "200", "--threads", "1"),
+        # The paper's TD-MPC2 setting (DMC dog, the 5M model), as a short cost smoke.
+        ("bench_tdmpc2.py", "throughput", "--task", "dm_control/dog-run-v0", "--model-size", "5M",
+         "--device", "cuda", "--calls", "20", "--repeats", "3"),
     ],
 }  # fmt: skip
 # The Python versions every package declares (its classifiers); the first is the one CI's test

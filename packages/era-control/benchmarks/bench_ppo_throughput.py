@@ -9,7 +9,9 @@ per rollout (``num_steps = 2048 / envs``), 10 epochs of 32 minibatches (64 sampl
 synchronous vector envs, CPU, ``--threads`` torch threads. Each run does one untimed warm-up
 iteration, then ``--iterations`` timed ones (rollout + update): ours is the trainer's loop body
 (``RolloutCollector.collect`` + ``update``), SB3 is ``PPO.learn`` on ``DummyVecEnv`` +
-``VecNormalize``. Two rates are reported: env steps per second of wall time, and per second of
+``VecNormalize``. ``--seeds 1 5`` adds our 5-seed ensemble in one process (rates summed over
+seeds: the gain over one seed per process is the ratio of the CPU rates). Two rates are
+reported: env steps per second of wall time, and per second of
 the process's CPU time. On a shared machine the wall rate mostly measures the other jobs; the
 CPU rate is the work each implementation does (all runs are single-threaded). Runs alternate
 between implementations ``--repeats`` times; the table shows the median run of each (repeats
@@ -35,16 +37,17 @@ RESULTS = Path(__file__).parent / "results"
 ROLLOUT = 2048
 
 
-def ours(args: argparse.Namespace, num_envs: int, era: bool) -> tuple[float, float]:
-    """(wall, CPU) env steps per second of the timed iterations."""
+def ours(args: argparse.Namespace, num_envs: int, era: bool, seeds: int = 1) -> tuple[float, float]:
+    """(wall, CPU) env steps per second of the timed iterations, summed over ``seeds`` seeds."""
     cfg = ppo.PPOConfig(
-        env=args.env, era=era, num_envs=num_envs, num_steps=ROLLOUT // num_envs,
+        env=args.env, era=era, num_envs=num_envs, num_steps=ROLLOUT // num_envs, seeds=seeds,
         threads=args.threads, device="cpu", tensorboard=False,
     )  # fmt: skip
-    agent = ppo.PPO(cfg, rng.generators([0]), *envs.env_dims(cfg.env), torch.device("cpu"))
+    gens = rng.generators(range(seeds))
+    agent = ppo.PPO(cfg, gens, *envs.env_dims(cfg.env), torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
-        logger = Logger(tmp, [0], tensorboard=False)
-        collector = ppo.RolloutCollector(agent, cfg.env, logger, range(num_envs))
+        logger = Logger(tmp, list(range(seeds)), tensorboard=False)
+        collector = ppo.RolloutCollector(agent, cfg.env, logger, range(seeds * num_envs))
         ppo.update(agent, collector.collect(0), cfg.lr)  # warm-up
         wall, cpu = time.perf_counter(), time.process_time()
         for i in range(args.iterations):
@@ -52,7 +55,8 @@ def ours(args: argparse.Namespace, num_envs: int, era: bool) -> tuple[float, flo
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         logger.close()
     collector.envs.close()
-    return ROLLOUT * args.iterations / wall, ROLLOUT * args.iterations / cpu
+    steps = ROLLOUT * args.iterations * seeds
+    return steps / wall, steps / cpu
 
 
 def stable_baselines3(args: argparse.Namespace, num_envs: int) -> tuple[float, float]:
@@ -83,6 +87,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="runs per setting (median shown)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-sb3", action="store_true")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="ours: seeds in one process (rates summed)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,6 +105,9 @@ def main() -> None:
             if not args.skip_sb3:
                 runs.setdefault(f"SB3 PPO, {n} envs", []).append(stable_baselines3(args, n))
             runs.setdefault(f"ours PPO-ERA, {n} envs", []).append(ours(args, n, True))
+            for seeds in (k for k in args.seeds if k > 1):  # an ensemble in one process
+                for era, name in ((False, "PPO"), (True, "PPO-ERA")):
+                    runs.setdefault(f"ours {name}, {n} envs, {seeds} seeds", []).append(ours(args, n, era, seeds))  # fmt: skip
     median = {
         name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
         for name, v in runs.items()
