@@ -44,6 +44,17 @@ def test_flags_override_yaml(tmp_path):
     assert parse_config(Example, ["--name", "y", "--limit", "none"]).limit is None
 
 
+def test_a_list_flag_may_repeat_and_a_yaml_string_is_one_item(tmp_path):
+    cfg = parse_config(Example, ["--name", "x", "--files", "a", "--files", "b", "c"])
+    assert cfg.files == ["a", "b", "c"]
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nfiles: only\n")
+    assert parse_config(Example, ["--config", str(path)]).files == ["only"]
+    path.write_text("name: x\nfiles: [1, 2]\n")
+    with pytest.raises(ValueError, match="files must be a string or a list of strings"):
+        parse_config(Example, ["--config", str(path)])
+
+
 def test_required_unknown_and_invalid(tmp_path):
     with pytest.raises(ValueError, match=r"missing required option.*--name"):
         parse_config(Example, [])

@@ -164,6 +164,8 @@ TRAIN_CASES = {
     "unknown device": (["--device", "gpu"], ["device"]),
     "output dir is a file": (["--output-dir", "{tmp}/a_file"], ["a_file"]),
     "resume and overwrite": (["--resume", "--overwrite"], ["resume", "overwrite"]),
+    "unknown reward": (["--reward", "math-verify", "--reward", "style:2"], ["reward", "'style:2'"]),
+    "reward weight not a number": (["--reward", "format:lots"], ["reward 'format:lots'", "WEIGHT"]),
 }  # fmt: skip
 if importlib.util.find_spec("vllm") is None:
     TRAIN_CASES["vLLM not installed"] = (["--rollout", "vllm"], ["era-llm[vllm]"])

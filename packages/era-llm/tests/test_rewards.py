@@ -1,6 +1,12 @@
 import pytest
 
-from era_llm.rewards import answer_line, last_boxed, math_verify_reward
+from era_llm.rewards import (
+    answer_line,
+    format_reward,
+    last_boxed,
+    math_verify_reward,
+    weighted_reward,
+)
 
 EQUIVALENT = [
     ("\\frac{1}{2}", "so the answer is \\boxed{0.5}"),
@@ -75,3 +81,33 @@ def test_answer_line_format():
     assert answer_line("no answer here") is None and answer_line("Answer:  ") is None
     with pytest.raises(ValueError, match="answer_format must be one of"):
         math_verify_reward("Answer: 1", "1", answer_format="last-line")
+
+
+def test_format_reward_pays_for_an_answer_where_the_grader_reads_it():
+    assert format_reward("so \\boxed{41}", "42") == 1.0  # wrong, but answered
+    assert format_reward("it is 42", "42") == 0.0
+    assert format_reward("Answer: 42", "42", answer_format="answer-line") == 1.0
+
+
+def test_weighted_reward_sums_its_terms():
+    reward = weighted_reward(["math-verify", "format:0.1"])
+    assert reward("\\boxed{42}", "42") == pytest.approx(1.1)
+    assert reward("\\boxed{41}", "42") == pytest.approx(0.1)
+    assert reward("42", "42") == 0.0
+    assert weighted_reward(["format:-0.5"])("no answer", "1") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        (["nope"], "NAME one of"),
+        (["format:heavy"], "WEIGHT must be a finite non-zero number"),
+        (["format:0"], "WEIGHT must be a finite non-zero number"),
+        (["format:inf"], "WEIGHT must be a finite non-zero number"),
+        (["format", "format:2"], "distinct"),
+        ([], "one or more"),
+    ],
+)
+def test_weighted_reward_refuses_bad_terms(specs, message):
+    with pytest.raises(ValueError, match=message):
+        weighted_reward(specs)

@@ -35,7 +35,8 @@ def parity(monkeypatch):
     [
         ({"num_generations": 1}, "num_generations must be >= 2"),
         ({"num_minibatches": 3}, "num_minibatches .* must divide"),
-        ({"reward": "exact"}, "reward must be one of"),
+        ({"reward": "exact"}, "reward must be NAME"),
+        ({"reward": ["math-verify", "format:x"]}, "WEIGHT must be"),
         ({"lr": 0.0}, "lr must be in"),
         ({"micro_batch_size": 0}, "micro_batch_size must be in"),
     ],

@@ -68,8 +68,9 @@ def _add_argument(parser: argparse.ArgumentParser, field: dataclasses.Field, tp:
     elif typing.get_origin(tp) is Literal:
         kwargs["choices"] = list(typing.get_args(tp))
     elif typing.get_origin(tp) in (list, tuple):
+        # Several values after one flag, or the flag repeated: both add to the list.
         (item,) = set(typing.get_args(tp)) - {Ellipsis}
-        kwargs.update(nargs="+", type=_scalar_parser(item, False))
+        kwargs.update(nargs="+", action="extend", type=_scalar_parser(item, False))
     else:
         kwargs["type"] = _scalar_parser(tp, optional)
     parser.add_argument(_flag(field.name), **kwargs)
@@ -116,6 +117,11 @@ def _yaml_value(path: Path, name: str, value: Any, hint: Any) -> Any:
         raise ValueError(f"--config {path}: {name} must be {tp.__name__}, got {value!r}")
     if tp is bool and not isinstance(value, bool):
         raise ValueError(f"--config {path}: {name} must be true or false, got {value!r}")
+    if typing.get_origin(tp) is list:
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"--config {path}: {name} must be a string or a list of strings, got {value!r}")  # fmt: skip
+        return values
     return value
 
 

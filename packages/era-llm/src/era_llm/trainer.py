@@ -77,7 +77,7 @@ from era_llm.lora import ADAPTER_DIR, add_lora
 from era_llm.losses import LOSSES, Loss, LossConfig, PolicyTerms
 from era_llm.metrics import COMPLETIONS_FILE, MetricLogger
 from era_llm.policy import TokenScorer, enable_activation_checkpointing, load_model, load_tokenizer
-from era_llm.rewards import REWARDS, AnswerFormat, RewardFn
+from era_llm.rewards import AnswerFormat, RewardFn, weighted_reward
 from era_llm.rollout import Rollout, RolloutConfig, Sampling, make_rollout
 
 __all__ = [
@@ -105,8 +105,11 @@ class TrainConfig(LossConfig, RolloutConfig):
     chat_template: bool = help_field(
         True, "wrap prompts in the tokenizer's chat template if it has one"
     )
-    reward: Literal["math-verify"] = help_field(
-        "math-verify", "reward function (era_llm.rewards.REWARDS)"
+    reward: list[str] = help_field(  # noqa: RUF009 (a dataclasses.field)
+        help="reward terms NAME[:WEIGHT], summed (era_llm.rewards.REWARDS): math-verify (the "
+        "answer is right), format (an answer is where --answer-format looks); e.g. "
+        "--reward math-verify format:0.1 (the flag may repeat)",
+        default_factory=lambda: ["math-verify"],
     )
     answer_format: AnswerFormat = help_field(  # noqa: RUF009 (a dataclasses.field)
         "boxed",
@@ -193,8 +196,9 @@ class TrainConfig(LossConfig, RolloutConfig):
     def __post_init__(self) -> None:
         LossConfig.__post_init__(self)
         RolloutConfig.__post_init__(self)
-        if self.reward not in REWARDS:
-            raise ValueError(f"reward must be one of {sorted(REWARDS)}, got {self.reward!r}")
+        if isinstance(self.reward, str):  # one term, from Python
+            self.reward = [self.reward]
+        weighted_reward(self.reward, self.answer_format)  # refuses malformed or repeated terms
         if self.num_generations < 2:
             raise ValueError(
                 f"num_generations must be >= 2 for group-relative advantages, got {self.num_generations}"
@@ -871,7 +875,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Distributed, scope: contextlib
     old_run_done = _start_writing(cfg, run_dir, dist, resume_from, config_changed, scope)
     logger = MetricLogger(run_dir, enabled=dist.is_main, resume_step=step)
     loss = LOSSES[cfg.algo]
-    reward_fn = partial(REWARDS[cfg.reward], answer_format=cfg.answer_format)
+    reward_fn = weighted_reward(cfg.reward, cfg.answer_format)
 
     def checkpoint() -> None:
         save_checkpoint(
