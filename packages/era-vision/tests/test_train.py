@@ -16,6 +16,7 @@ from era_core.cli import UsageError
 from era_vision.cli import main
 from era_vision.data import load_data
 from era_vision.distributed import setup
+from era_vision.models import find_classifier
 from era_vision.train import (
     RUNTIME_FIELDS,
     TrainConfig,
@@ -204,6 +205,13 @@ RECIPE_CHANGES = {
     "seed": 1,
     "train_subset": 100,
     "calibration_holdout": 0.1,
+    "sched": "step",
+    "min_lr": 0.01,
+    "decay_epochs": 10.0,
+    "decay_milestones": [1, 2],
+    "decay_rate": 0.5,
+    "drop_path": 0.1,
+    "init_weights": "weights.pt",
 }
 
 
@@ -348,6 +356,68 @@ def test_lr_schedule():
     assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
     assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
     assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
+    # cosine to a floor; step and multistep by whole epochs of 10 steps, warm-up included
+    assert lr_at(100, 100, 10, 1.0, min_lr=0.1) == pytest.approx(0.1)
+    assert lr_at(55, 100, 10, 1.0, min_lr=0.1) == pytest.approx(0.55)
+    step = dict(sched="step", steps_per_epoch=10, decay_epochs=3, decay_rate=0.5)
+    assert [lr_at(s, 100, 10, 1.0, **step) for s in (10, 29, 30, 59, 60)] == [
+        1.0,
+        1.0,
+        0.5,
+        0.5,
+        0.25,
+    ]
+    multi = dict(sched="multistep", steps_per_epoch=10, milestones=[2, 5], decay_rate=0.1)
+    assert [lr_at(s, 100, 10, 1.0, **multi) for s in (19, 20, 49, 50, 99)] == pytest.approx(
+        [1.0, 0.1, 0.1, 0.01, 0.01]
+    )
+
+
+def test_drop_path_reaches_timm_and_is_refused_elsewhere():
+    pytest.importorskip("timm")
+    data = load_data("digits")
+    model = build_model(TrainConfig(model="timm:resnet10t", drop_path=0.1), data)
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="drop_path needs a timm model"):
+        build_model(TrainConfig(model="mlp", drop_path=0.1), data)
+
+
+def test_init_weights_fine_tune_from_a_local_file(tmp_path, capsys):
+    data = load_data("digits")
+    torch.manual_seed(1)
+    source = build_model(TrainConfig(model="mlp"), data).state_dict()
+    torch.save({"state_dict": source}, tmp_path / "timm_style.pt")
+    torch.manual_seed(2)
+    loaded = build_model(
+        TrainConfig(model="mlp", init_weights=str(tmp_path / "timm_style.pt")), data
+    )
+    _assert_same_weights(source, loaded.state_dict(), rtol=0, atol=0)
+    # An ERA run's weights (prefixed model.) into an ERA model; another head shape stays fresh.
+    era = build_model(TrainConfig(model="mlp", regularizer="era"), data).state_dict()
+    torch.save({"model": era}, tmp_path / "era_run.pt")
+    loaded = build_model(TrainConfig(model="mlp", regularizer="era", init_weights=str(tmp_path / "era_run.pt")), data)  # fmt: skip
+    _assert_same_weights(era, loaded.state_dict(), rtol=0, atol=0)
+    # Weights of a 5-class model of the same body: the 10-class classifier stays fresh.
+    head, _ = find_classifier(loaded.model)
+    five = {k: v[:5] if k.startswith(head + ".") else v for k, v in source.items()}
+    torch.save(five, tmp_path / "five.pt")
+    capsys.readouterr()
+    torch.manual_seed(3)
+    fresh = build_model(TrainConfig(model="mlp"), data).state_dict()
+    torch.manual_seed(3)
+    tuned = build_model(
+        TrainConfig(model="mlp", init_weights=str(tmp_path / "five.pt")), data
+    ).state_dict()
+    assert "keeps its fresh initialisation" in capsys.readouterr().out
+    for key, value in tuned.items():
+        expected = fresh[key] if key.startswith(head + ".") else source[key]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=key)
+    torch.save({"other.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match="does not fit the model"):
+        build_model(TrainConfig(model="mlp", init_weights=str(tmp_path / "wrong.pt")), data)
+    with pytest.raises(ValueError, match="cannot read it"):
+        build_model(TrainConfig(model="mlp", init_weights=str(tmp_path / "none.pt")), data)
 
 
 @pytest.mark.parametrize(
@@ -360,6 +430,9 @@ def test_lr_schedule():
         ("warmup_epochs", 20.0, "warmup_epochs"),
         ("ema_decay", 1.0, "ema_decay"),
         ("grad_accum", 3, "divisible by grad_accum"),
+        ("min_lr", 0.1, "min_lr"),
+        ("decay_rate", 0.0, "decay_rate"),
+        ("drop_path", 1.0, "drop_path"),
     ],
 )
 def test_config_refuses_bad_values(field, value, match):
@@ -444,3 +517,10 @@ def test_cuda_recipe(tmp_path, amp_dtype):
     )
     assert result["status"] == "finished"
     assert _row(result["metrics"], "era")["entropy_min"] >= 0.6
+
+
+def test_multistep_refuses_milestones_outside_the_run():
+    with pytest.raises(ValueError, match="decay_milestones must be increasing epochs"):
+        TrainConfig(sched="multistep", decay_milestones=[5, 3])
+    with pytest.raises(ValueError, match="decay_milestones must be increasing epochs"):
+        TrainConfig(sched="multistep", epochs=10, decay_milestones=[3, 10])

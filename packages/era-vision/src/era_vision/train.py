@@ -1,7 +1,7 @@
 """The training recipe, laid out as torchvision's reference: setup, one epoch, evaluation.
 
-SGD (momentum) or AdamW, cosine schedule with linear warm-up, no weight decay on norms and
-biases, bf16 or fp16 (with a GradScaler) autocast on CUDA, optional mixup/cutmix, gradient-norm
+SGD (momentum) or AdamW, a cosine, step or multistep schedule after a linear warm-up, no weight
+decay on norms and biases, drop-path and fine-tuning from local weights, bf16 or fp16 (with a GradScaler) autocast on CUDA, optional mixup/cutmix, gradient-norm
 clipping, channels_last, torch.compile, gradient accumulation and EMA (with warm-up), torchrun
 DDP, CSV + TensorBoard logs, atomic checkpoints every N steps, at each epoch end and on
 SIGINT/SIGTERM. A checkpoint holds everything the loop carries from one step to the next (weights,
@@ -12,7 +12,7 @@ the last eval row), so a resumed run continues bit-exactly (on CPU) and writes t
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -50,7 +50,7 @@ from era_vision.data import (
 from era_vision.distributed import Dist, average_bn_stats, max_over_ranks, setup
 from era_vision.era import no_weight_decay, with_era
 from era_vision.losses import LOSSES, Regularizer
-from era_vision.models import get_model
+from era_vision.models import find_classifier, get_model
 from era_vision.plots import write_report
 from era_vision.runlog import MetricLogger, load_checkpoint
 
@@ -62,6 +62,7 @@ __all__ = [
     "TrainData",
     "Trainee",
     "build_model",
+    "load_init_weights",
     "lr_at",
     "setup_data",
     "setup_model",
@@ -145,6 +146,35 @@ class TrainConfig:
         },
     )
     warmup_epochs: float = field(default=1.0, metadata={"help": "linear LR warm-up, in epochs"})
+    sched: Literal["cosine", "step", "multistep"] = field(
+        default="cosine",
+        metadata={
+            "help": "LR schedule after the warm-up: cosine (per step, down to --min-lr), step "
+            "(x --decay-rate every --decay-epochs epochs), multistep (x --decay-rate at each "
+            "epoch of --decay-milestones); timm's --sched names"
+        },
+    )
+    min_lr: float = field(default=0.0, metadata={"help": "cosine: the LR at the last step"})
+    decay_epochs: float = field(default=30.0, metadata={"help": "step: epochs between decays"})
+    decay_milestones: list[int] = field(
+        default_factory=lambda: [30, 60, 90],
+        metadata={"help": "multistep: the epochs at which the LR decays"},
+    )
+    decay_rate: float = field(
+        default=0.1, metadata={"help": "step, multistep: LR factor per decay"}
+    )
+    drop_path: float = field(
+        default=0.0,
+        metadata={"help": "stochastic depth rate (timm models' drop_path_rate; 0: off)"},
+    )
+    init_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "fine-tune from the weights in this local file (a state dict, or a "
+            "checkpoint holding one under state_dict or model); a classifier of another shape "
+            "keeps its fresh initialisation"
+        },
+    )
     augment: Augment = field(
         default="basic",
         metadata={
@@ -243,6 +273,19 @@ class TrainConfig:
         check_range("momentum", self.momentum, 0.0, 1.0, high_inclusive=False)
         check_range("weight_decay", self.weight_decay, low=0.0)
         check_range("warmup_epochs", self.warmup_epochs, 0.0, self.epochs)
+        check_range("min_lr", self.min_lr, 0.0, self.lr, high_inclusive=False)
+        check_positive("decay_epochs", self.decay_epochs)
+        check_range("decay_rate", self.decay_rate, 0.0, 1.0, low_inclusive=False)
+        milestones = list(self.decay_milestones)
+        last = self.epochs - 1 if self.sched == "multistep" else math.inf  # else unused
+        if sorted(set(milestones)) != milestones or not all(1 <= m <= last for m in milestones):
+            raise ValueError(
+                f"decay_milestones must be increasing epochs in [1, epochs={self.epochs}) "
+                f"(with sched multistep), got {milestones}"
+            )
+        if self.sched == "multistep" and not milestones:
+            raise ValueError("decay_milestones must name one or more epochs with sched multistep")
+        check_range("drop_path", self.drop_path, 0.0, 1.0, high_inclusive=False)
         check_range("ema_decay", self.ema_decay, 0.0, 1.0, high_inclusive=False)
         check_range("workers", self.workers, low=0)
         check_range("checkpoint_every", self.checkpoint_every, low=0)
@@ -274,25 +317,95 @@ class TrainConfig:
 
 
 def build_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
-    """The config's model for ``data``, wrapped with the ERA head when ``regularizer == "era"``."""
+    """The config's model for ``data``, wrapped with the ERA head when ``regularizer == "era"``.
+
+    ``init_weights`` are loaded into the model before the head is wrapped around it.
+    """
+    extra: dict[str, Any] = {}
+    if cfg.drop_path:
+        if not cfg.model.startswith("timm:"):
+            raise ValueError(f"drop_path needs a timm model (timm:<name>), got model {cfg.model!r}")
+        extra["drop_path_rate"] = cfg.drop_path
     model = get_model(
         cfg.model,
         data.num_classes,
         in_chans=data.in_chans,
         image_size=data.image_size,
         drop_rate=cfg.dropout or 0.0,
+        **extra,
     )
+    if cfg.init_weights is not None:
+        load_init_weights(model, Path(cfg.init_weights))
     if cfg.regularizer == "era":
         model = with_era(model, cfg.min_entropy, tau=cfg.era_tau, calibration=cfg.era_calibration)
     return model
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
-    """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+def load_init_weights(model: nn.Module, path: Path) -> None:
+    """Load the weights in ``path`` into ``model`` for fine-tuning.
+
+    The file holds a state dict, or a checkpoint with one under ``state_dict`` (timm) or
+    ``model`` (era-vision's; an ERA model's ``model.`` prefix is dropped). Classifier tensors
+    whose shape differs (another number of classes) keep their fresh values, said in one line;
+    any other missing or unexpected key is refused.
+
+    Raises:
+        ValueError: The file is unreadable, not a state dict, or does not fit ``model``.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ValueError(f"init_weights {str(path)!r}: cannot read it ({error})") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
+        state = state.get("state_dict", state.get("model"))
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"init_weights {str(path)!r}: not a state dict of tensors")
+    if all(k.startswith("model.") for k in state):
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    own = model.state_dict()
+    head, _ = find_classifier(model)
+    kept = [k for k, v in state.items() if k.startswith(head + ".") and k in own and own[k].shape != v.shape]  # fmt: skip
+    state = {k: v for k, v in state.items() if k not in kept}
+    missing = sorted(set(own) - set(state) - set(kept))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"init_weights {str(path)!r} does not fit the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    model.load_state_dict(state, strict=False)
+    if kept:
+        print(f"init_weights: the classifier ({', '.join(kept)}) keeps its fresh initialisation: its shape differs")  # fmt: skip
+
+
+def lr_at(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    peak: float,
+    *,
+    sched: str = "cosine",
+    min_lr: float = 0.0,
+    steps_per_epoch: int = 1,
+    decay_epochs: float = 30.0,
+    milestones: Sequence[int] = (),
+    decay_rate: float = 0.1,
+) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then the schedule ``sched``.
+
+    ``cosine``: from ``peak`` to ``min_lr`` at ``total_steps``, per step; ``step``: ``peak``
+    times ``decay_rate`` per ``decay_epochs`` whole epochs; ``multistep``: times ``decay_rate``
+    per milestone epoch reached (epochs count from the start, warm-up included, as timm's).
+    """
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
+    epoch = step // steps_per_epoch
+    if sched == "step":
+        return peak * decay_rate ** math.floor(epoch / decay_epochs)
+    if sched == "multistep":
+        return peak * decay_rate ** sum(epoch >= m for m in milestones)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -638,7 +751,11 @@ def train_one_epoch(
     trainee.net.train()
     window = (pos.step, time.perf_counter())  # for images/s
     while done < spe and pos.step < end:
-        lr = lr_at(pos.step, total_steps, warmup_steps, cfg.lr)
+        lr = lr_at(
+            pos.step, total_steps, warmup_steps, cfg.lr, sched=cfg.sched, min_lr=cfg.min_lr,
+            steps_per_epoch=spe, decay_epochs=cfg.decay_epochs, milestones=cfg.decay_milestones,
+            decay_rate=cfg.decay_rate,
+        )  # fmt: skip
         _train_step(cfg, trainee, batches, lr, loss_fn, mix, pos.log_sums, ctx)
         pos.step, done = pos.step + 1, done + 1
         progress.update()
