@@ -19,7 +19,7 @@ NUMERIC = {
     "train": [
         "label_smoothing", "dropout", "confidence_penalty", "min_entropy", "era_tau", "epochs",
         "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "min_lr", "decay_epochs",
-        "decay_milestones", "decay_rate", "drop_path", "mixup_alpha",
+        "decay_milestones", "decay_rate", "drop_path", "reprob", "recount", "mixup_alpha",
         "cutmix_alpha", "clip_grad_norm", "grad_accum", "ema_decay", "workers", "seed",
         "max_steps", "train_subset", "calibration_holdout", "log_every", "eval_every",
         "checkpoint_every",

@@ -10,6 +10,7 @@ from torch.utils.data import Subset
 from era_core.cli import UsageError
 from era_vision import with_era
 from era_vision.data import (
+    AugmentedDataset,
     TensorImages,
     build_transform,
     dataset_labels,
@@ -50,7 +51,7 @@ def test_pixel_erasing_fills_with_noise():
     data = load_data("digits")
     distinct = {}
     for mode in ("const", "pixel"):
-        transform = build_transform("randaugment", data, train=True, erasing=mode)
+        transform = build_transform("randaugment", data, train=True, remode=mode)
         outputs = []
         for seed in range(40):
             torch.manual_seed(seed)
@@ -127,3 +128,38 @@ def test_weight_decay_default_depends_on_the_dataset():
     assert TrainConfig(data="imagenet:/data").weight_decay == 1e-4
     assert TrainConfig(data="cifar10:/data").weight_decay == 5e-4
     assert TrainConfig(data="imagenet:/data", weight_decay=0.05).weight_decay == 0.05
+
+
+@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "augmix-m3-w3", "original"])
+def test_timm_auto_augment_policies_are_deterministic_per_sample(policy):
+    pytest.importorskip("timm")
+    data = load_data("digits")
+    transform = build_transform("basic", data, train=True, aa=policy, reprob=0.6, remode="pixel")
+    dataset = AugmentedDataset(data.train, transform, seed=0)
+    first, again = dataset[3][0], dataset[3][0]
+    torch.testing.assert_close(first, again, rtol=0, atol=0)  # (seed, epoch, index) decide
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[3][0], first)
+    assert first.shape == (1, data.image_size, data.image_size)
+
+
+def test_timm_erasing_modes_and_counts():
+    pytest.importorskip("timm")
+    data = load_data("digits")
+    transform = build_transform("basic", data, train=True, reprob=1.0, remode="rand", recount=3)
+    image = AugmentedDataset(data.train, transform, seed=0)[0][0]
+    assert image.shape == (1, data.image_size, data.image_size)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"aa": "bogus-policy"}, "not a timm auto-augment policy"),
+        ({"reprob": 1.5}, "reprob"),
+        ({"recount": 0}, "recount"),
+    ],
+)
+def test_augmentation_flags_refuse_bad_values(settings, message):
+    pytest.importorskip("timm")
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings)

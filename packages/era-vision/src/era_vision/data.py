@@ -14,6 +14,7 @@ import itertools
 import multiprocessing.util
 import os
 import pickle
+import random
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,23 +34,25 @@ from era_core.validation import check_range
 __all__ = [
     "Augment",
     "AugmentedDataset",
-    "ErasingMode",
+    "EraseMode",
     "ImageData",
     "Normalize",
     "RandomCropFlip",
     "ResumableSampler",
     "TensorImages",
+    "auto_augment",
     "build_transform",
     "check_worker_handover",
     "dataset_labels",
     "load_data",
+    "random_erasing",
     "read_idx",
     "split_holdout",
     "stratified_split",
 ]
 
 Augment = Literal["none", "basic", "randaugment"]
-ErasingMode = Literal["const", "pixel"]
+EraseMode = Literal["const", "rand", "pixel"]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -394,8 +397,41 @@ class RandomCropFlip(torch.nn.Module):
         return out.flip(-1) if self.flip and torch.rand(()) < 0.5 else out
 
 
+def auto_augment(policy: str, image_size: int, mean: tuple[float, ...]) -> Callable:
+    """Timm's auto-augment op for a policy string (timm's ``--aa``), on PIL images.
+
+    ``rand-...`` is RandAugment, ``augmix-...`` AugMix, anything else AutoAugment (``original``,
+    ``v0``, ...), dispatched as timm's ``create_transform`` does, with its parameters (translation
+    45 % of the side, the dataset's mean colour as fill).
+
+    Raises:
+        ImportError: The ``timm`` extra is not installed.
+        ValueError: timm does not know the policy.
+    """
+    try:
+        from timm.data import auto_augment as aa
+    except ImportError as error:
+        raise ImportError("aa (timm's auto-augment policies) needs the extra: pip install 'era-vision[timm]'") from error  # fmt: skip
+    params = {"translate_const": int(image_size * 0.45), "img_mean": tuple(round(255 * m) for m in mean)}  # fmt: skip
+    try:
+        if policy.startswith("rand"):
+            return aa.rand_augment_transform(policy, params)
+        if policy.startswith("augmix"):
+            return aa.augment_and_mix_transform(policy, params)
+        return aa.auto_augment_transform(policy, params)
+    except (AssertionError, KeyError, ValueError) as error:
+        raise ValueError(f"aa {policy!r} is not a timm auto-augment policy ({error})") from None
+
+
 def build_transform(
-    augment: Augment, data: ImageData, train: bool, erasing: ErasingMode = "const"
+    augment: Augment,
+    data: ImageData,
+    train: bool,
+    *,
+    aa: str | None = None,
+    reprob: float | None = None,
+    remode: EraseMode = "const",
+    recount: int = 1,
 ) -> Callable:
     """The transform from a stored image (uint8 tensor or PIL) to a normalised float tensor.
 
@@ -409,15 +445,23 @@ def build_transform(
         augment: The preset.
         data: The dataset (its image size, storage and whether flips keep labels).
         train: Training or evaluation transform.
-        erasing: Random erasing fill: ``const`` (zeros, i.e. the mean colour) or ``pixel``
-            (per-pixel standard normal noise, timm's ``--remode pixel`` used by the ERA authors).
+        aa: A timm auto-augment policy applied after the crop and flip, in place of the
+            preset's RandAugment(2, 9) (:func:`auto_augment`; timm's ``--aa``).
+        reprob: Random erasing probability (default: 0.25 with ``randaugment``, else 0;
+            timm's ``--reprob``).
+        remode: Erased box fill: ``const`` (zeros, i.e. the mean colour), ``rand`` (one normal
+            colour per channel) or ``pixel`` (per-pixel normal noise, the ERA authors' setting).
+        recount: Boxes erased per image (up to; timm's ``--recount``).
 
     Returns:
-        A callable for one image, drawing from the global torch RNG.
+        A callable for one image, drawing from the global torch, Python and NumPy RNGs.
     """
-    augment = augment if train else "none"
+    if not train:
+        augment, aa, reprob = "none", None, 0.0
+    if reprob is None:
+        reprob = 0.25 if augment == "randaugment" else 0.0
     size = data.image_size
-    steps: list[torch.nn.Module]
+    steps: list[Callable]
     if data.in_memory:
         steps = [] if augment == "none" else [RandomCropFlip(size // 8, flip=data.hflip)]
     elif augment == "none":
@@ -425,14 +469,27 @@ def build_transform(
     else:
         flip = [v2.RandomHorizontalFlip()] if data.hflip else []
         steps = [v2.RandomResizedCrop(size), *flip, v2.PILToTensor()]
-    if augment == "randaugment":
+    if aa is not None:  # timm's ops work on PIL images
+        steps += [v2.ToPILImage(), auto_augment(aa, size, data.mean), v2.PILToTensor()]
+    elif augment == "randaugment":
         steps.append(v2.RandAugment(num_ops=2, magnitude=9))
     steps.append(Normalize(data.mean, data.std))
-    if augment == "randaugment":
-        value = "random" if erasing == "pixel" else 0
-        # torchvision annotates ``value`` as a float, but documents and accepts "random".
-        steps.append(v2.RandomErasing(p=0.25, value=value))  # pyright: ignore[reportArgumentType]
+    if reprob > 0:
+        steps.append(random_erasing(reprob, remode, recount))
     return v2.Compose(steps)
+
+
+def random_erasing(probability: float, mode: EraseMode, count: int) -> Callable:
+    """Random erasing of the normalised image: torchvision's for one box, timm's otherwise."""
+    if mode != "rand" and count == 1:
+        value = "random" if mode == "pixel" else 0
+        # torchvision annotates ``value`` as a float, but documents and accepts "random".
+        return v2.RandomErasing(p=probability, value=value)  # pyright: ignore[reportArgumentType]
+    try:
+        from timm.data.random_erasing import RandomErasing
+    except ImportError as error:
+        raise ImportError("remode rand and recount > 1 use timm's random erasing: pip install 'era-vision[timm]'") from error  # fmt: skip
+    return RandomErasing(probability, mode=mode, max_count=count, device="cpu")
 
 
 class Normalize(torch.nn.Module):
@@ -469,14 +526,18 @@ class AugmentedDataset(Dataset):
         image, label = self.base[index]
         # Reseed only the CPU generator the transforms draw from, then put its state back, so
         # the caller's RNG stream is untouched (torch.random.fork_rng costs ~100x more).
-        state = torch.get_rng_state()
-        torch.default_generator.manual_seed(
-            (self.seed * 1_000_003 + self.epoch) * len(self) + index
-        )
+        # Python's and NumPy's streams too: timm's auto-augment policies draw from them.
+        state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()  # noqa: NPY002
+        sample_seed = (self.seed * 1_000_003 + self.epoch) * len(self) + index
+        torch.default_generator.manual_seed(sample_seed)
+        random.seed(sample_seed)
+        np.random.seed(sample_seed % 2**32)  # noqa: NPY002 - the global stream timm's AugMix draws
         try:
             return self.transform(image), label
         finally:
             torch.set_rng_state(state)
+            random.setstate(py_state)
+            np.random.set_state(np_state)  # noqa: NPY002
 
 
 class ResumableSampler(DistributedSampler):

@@ -36,14 +36,16 @@ from era_vision.config import save_config, user_input
 from era_vision.data import (
     Augment,
     AugmentedDataset,
-    ErasingMode,
+    EraseMode,
     ImageData,
     ResumableSampler,
+    auto_augment,
     build_transform,
     check_worker_handover,
     dataset_labels,
     load_data,
     parse_data,
+    random_erasing,
     split_holdout,
     stratified_split,
 )
@@ -182,13 +184,26 @@ class TrainConfig:
             "(+RandAugment(2, 9), random erasing p=0.25)"
         },
     )
-    erasing: ErasingMode = field(
-        default="const",
+    aa: str | None = field(
+        default=None,
         metadata={
-            "help": "random erasing fill of randaugment: const (zeros after normalisation) or "
-            "pixel (per-pixel normal noise, the ERA authors' timm setting)"
+            "help": "timm auto-augment policy after the crop and flip (timm's --aa: "
+            "rand-m9-mstd0.5-inc1, augmix-m3-w3, original, ...), in place of randaugment's "
+            "RandAugment(2, 9); needs the timm extra"
         },
     )
+    reprob: float | None = field(
+        default=None,
+        metadata={"help": "random erasing probability (default 0.25 with randaugment, else 0)"},
+    )
+    remode: EraseMode = field(
+        default="const",
+        metadata={
+            "help": "random erasing fill: const (zeros after normalisation), rand (a normal "
+            "colour per channel) or pixel (per-pixel normal noise, the ERA authors' setting)"
+        },
+    )
+    recount: int = field(default=1, metadata={"help": "random erasing: up to this many boxes"})
     mixup_alpha: float = field(
         default=0.0, metadata={"help": "mixup Beta(alpha, alpha) on each batch (0: off)"}
     )
@@ -286,6 +301,13 @@ class TrainConfig:
         if self.sched == "multistep" and not milestones:
             raise ValueError("decay_milestones must name one or more epochs with sched multistep")
         check_range("drop_path", self.drop_path, 0.0, 1.0, high_inclusive=False)
+        if self.reprob is not None:
+            check_range("reprob", self.reprob, 0.0, 1.0)
+        check_range("recount", self.recount, low=1)
+        if self.aa is not None:
+            auto_augment(self.aa, 32, (0.5,))  # refuses an unknown policy, or a missing timm
+        if self.remode == "rand" or self.recount > 1:
+            random_erasing(0.5, self.remode, self.recount)  # timm's: refuses a missing timm
         check_range("ema_decay", self.ema_decay, 0.0, 1.0, high_inclusive=False)
         check_range("workers", self.workers, low=0)
         check_range("checkpoint_every", self.checkpoint_every, low=0)
@@ -440,7 +462,17 @@ def setup_data(cfg: TrainConfig, ctx: Dist) -> TrainData:
         drawn = stratified_split(labels, cfg.train_subset, cfg.seed)[1]
         base = Subset(base, drawn.tolist())
     train_set = AugmentedDataset(
-        base, build_transform(cfg.augment, data, train=True, erasing=cfg.erasing), cfg.seed
+        base,
+        build_transform(
+            cfg.augment,
+            data,
+            train=True,
+            aa=cfg.aa,
+            reprob=cfg.reprob,
+            remode=cfg.remode,
+            recount=cfg.recount,
+        ),
+        cfg.seed,
     )
     test_set = AugmentedDataset(data.test, build_transform("none", data, train=False), cfg.seed)
     if holdout is not None:
